@@ -1,0 +1,31 @@
+# The README's two commands: `make run` and `make test`. Both create .venv on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test bench-smoke lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,tfds]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The main job: FedOBP vs FedAvg vs Local-Only on the embedded digits dataset.
+run: $(STAMP)
+	$(BIN)/fedjax-pfl compare --dataset digits --workdir runs/digits-compare
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all --smoke
+
+lint: $(STAMP)
+	$(BIN)/ruff check fedjax_pfl tests benchmarks experiments
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,201 @@
+"""Experiment configuration: frozen dataclasses, validation, ``--set`` overrides.
+
+Every field is checked by :func:`validate` before any compute; errors name the
+field, the value and the allowed range.
+"""
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+from fedjax_pfl import algorithms
+
+
+class ConfigError(ValueError):
+  """An invalid configuration value (names the field and the allowed range)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+  """Dataset and partition (FL-bench Dirichlet procedure by default)."""
+  dataset: str = "digits"
+  data_dir: str | None = None
+  source: str = "auto"
+  partition: str = "dirichlet"
+  alpha: float = 0.1
+  num_clients: int = 20
+  shards_per_client: int = 2
+  min_samples_per_client: int = 10
+  max_retries: int = 1000
+  test_ratio: float = 0.25
+  seed: int = 42
+  max_examples: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """Model name: ``auto`` (MLP for 8x8 inputs, FedAvgCNN otherwise), ``cnn``, ``mlp``."""
+  name: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+  """Rounds, sampling and local SGD (defaults: the FedOBP logs' setup)."""
+  rounds: int = 100
+  participation: float = 0.1
+  local_epochs: int = 5
+  batch_size: int = 32
+  lr: float = 0.01
+  momentum: float = 0.7
+  weight_decay: float = 0.0
+  seed: int = 0
+  eval_every: int = 10
+  eval_batch_size: int = 256
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SystemConfig:
+  """Client-parallel execution; ``auto`` picks the measured per-backend default."""
+  parallelism: str = "auto"
+  step_loop: str = "auto"
+  chunk_size: int | None = None
+  num_devices: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+  """A whole run. ``algo`` is the algorithm's own config dataclass."""
+  algorithm: str = "fedobp"
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  train: TrainConfig = TrainConfig()
+  system: SystemConfig = SystemConfig()
+  algo: Any = None
+
+  def __post_init__(self):
+    name = algorithms.canonical_name(self.algorithm)
+    object.__setattr__(self, "algorithm", name)
+    cls = algorithms.REGISTRY[name].config_cls
+    if self.algo is None:
+      object.__setattr__(self, "algo", cls())
+    elif not isinstance(self.algo, cls):
+      raise ConfigError(f"algo must be a {cls.__name__} for algorithm {name!r}")
+
+
+def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
+  if not cond:
+    raise ConfigError(f"{field}={value!r} is invalid; allowed: {allowed}")
+
+
+def validate(config: ExperimentConfig) -> ExperimentConfig:
+  """Checks every field; returns ``config`` unchanged or raises ConfigError."""
+  from fedjax_pfl.data import KNOWN_DATASETS, PARTITIONS, SOURCES
+  d, t, s = config.data, config.train, config.system
+  _check(d.dataset in KNOWN_DATASETS, "data.dataset", d.dataset, str(sorted(KNOWN_DATASETS)))
+  _check(d.source in SOURCES, "data.source", d.source, ", ".join(SOURCES))
+  _check(d.partition in PARTITIONS, "data.partition", d.partition, ", ".join(PARTITIONS))
+  _check(d.alpha > 0, "data.alpha", d.alpha, "> 0")
+  _check(d.num_clients >= 1, "data.num_clients", d.num_clients, ">= 1")
+  _check(d.shards_per_client >= 1, "data.shards_per_client", d.shards_per_client, ">= 1")
+  _check(d.min_samples_per_client >= 0, "data.min_samples_per_client",
+         d.min_samples_per_client, ">= 0")
+  _check(d.max_retries >= 1, "data.max_retries", d.max_retries, ">= 1")
+  _check(0 <= d.test_ratio < 1, "data.test_ratio", d.test_ratio, "[0, 1)")
+  _check(d.max_examples is None or d.max_examples >= d.num_clients, "data.max_examples",
+         d.max_examples, f"None or >= data.num_clients ({d.num_clients})")
+  from fedjax_pfl.models import MODELS
+  _check(config.model.name in ("auto", *MODELS), "model.name", config.model.name,
+         str(["auto", *sorted(MODELS)]))
+  _check(t.rounds >= 1, "train.rounds", t.rounds, ">= 1")
+  _check(0 < t.participation <= 1, "train.participation", t.participation, "(0, 1]")
+  _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, ">= 1")
+  _check(t.batch_size >= 2, "train.batch_size", t.batch_size, ">= 2 (batches of 1 are skipped)")
+  _check(t.lr > 0, "train.lr", t.lr, "> 0")
+  _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "[0, 1)")
+  _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
+  _check(t.eval_every >= 1, "train.eval_every", t.eval_every, ">= 1")
+  _check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, ">= 1")
+  _check(s.parallelism in ("auto", "vmap", "sequential"), "system.parallelism",
+         s.parallelism, "auto, vmap, sequential")
+  _check(s.step_loop in ("auto", "scan", "python"), "system.step_loop", s.step_loop,
+         "auto, scan, python")
+  _check(s.chunk_size is None or s.chunk_size >= 1, "system.chunk_size", s.chunk_size,
+         "None or >= 1")
+  _check(s.num_devices is None or s.num_devices >= 1, "system.num_devices", s.num_devices,
+         "None or >= 1")
+  try:
+    config.algo.validate()
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return config
+
+
+# -- overrides and serialization ------------------------------------------------
+def _parse(value: str, annotation: Any) -> Any:
+  origin = typing.get_origin(annotation)
+  if origin in (typing.Union, types.UnionType):
+    args = typing.get_args(annotation)
+    if value.lower() in ("none", "null") and type(None) in args:
+      return None
+    annotation = next(a for a in args if a is not type(None))
+  if annotation is bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+      return True
+    if value.lower() in ("0", "false", "no", "off"):
+      return False
+    raise ValueError(f"expected a boolean, got {value!r}")
+  if annotation in (int, float, str):
+    return annotation(value)
+  return value
+
+
+def _replace_path(obj: Any, path: list[str], value: str, full: str) -> Any:
+  names = {f.name: f for f in dataclasses.fields(obj)}
+  if path[0] not in names:
+    raise ConfigError(f"--set {full}: unknown field {path[0]!r}; allowed: {sorted(names)}")
+  field = names[path[0]]
+  if len(path) > 1:
+    child = getattr(obj, path[0])
+    return dataclasses.replace(obj, **{path[0]: _replace_path(child, path[1:], value, full)})
+  try:
+    parsed = _parse(value, field.type)
+  except ValueError as e:
+    raise ConfigError(f"--set {full}: {e}") from None
+  return dataclasses.replace(obj, **{path[0]: parsed})
+
+
+def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+  """Applies ``section.field=value`` overrides (``algo.`` or the algorithm's
+  name selects the algorithm config, e.g. ``fedobp.quantile=0.999``)."""
+  for item in overrides:
+    if "=" not in item:
+      raise ConfigError(f"--set {item!r}: expected section.field=value")
+    key, value = item.split("=", 1)
+    path = key.strip().split(".")
+    if path[0] in (config.algorithm, "algo"):
+      path[0] = "algo"
+    if path[0] == "algorithm" and len(path) == 1:
+      raise ConfigError("--set algorithm=...: use --algorithm")
+    config = _replace_path(config, path, value.strip(), item)
+  return config
+
+
+def to_dict(config: ExperimentConfig) -> dict[str, Any]:
+  """JSON-ready dict (``config.json``)."""
+  return dataclasses.asdict(config)
+
+
+def from_dict(d: dict[str, Any]) -> ExperimentConfig:
+  """Inverse of :func:`to_dict`."""
+  name = algorithms.canonical_name(d["algorithm"])
+  algo_cls = algorithms.REGISTRY[name].config_cls
+  return ExperimentConfig(
+      algorithm=name, data=DataConfig(**d["data"]), model=ModelConfig(**d["model"]),
+      train=TrainConfig(**d["train"]), system=SystemConfig(**d["system"]),
+      algo=algo_cls(**(d.get("algo") or {})))
+
+
+def dumps(config: ExperimentConfig) -> str:
+  return json.dumps(to_dict(config), indent=2, sort_keys=True)

@@ -1,0 +1,254 @@
+"""The only module that adds the client axis.
+
+Per-client functions are written for ONE client. This module maps them over a
+cohort: ``jax.vmap`` (optionally in chunks through ``jax.lax.map``), or one
+client at a time; local steps inside one ``lax.scan`` or stepped from Python;
+cohort padding with a validity mask; gather/scatter of the stacked ``[N, ...]``
+client state; and sharding of the cohort axis over a ``jax.sharding.Mesh``.
+
+Why both loop structures exist: on XLA:CPU, stepping one client at a time from
+Python measured 33 ms per batch-32 CNN step, ``lax.scan`` over the same steps
+137 ms and a vmap over 10 clients 184 ms per client-step (2-core machine,
+jax 0.10). On accelerators one compiled round (vmap + scan) is the fast path.
+"""
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from fedjax_pfl.core.local import ClientData
+from fedjax_pfl.types import PyTree
+
+PARALLELISM = ("vmap", "sequential")
+STEP_LOOPS = ("scan", "python")
+CLIENT_AXIS = "clients"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Execution:
+  """How a cohort's clients run.
+
+  Attributes:
+    parallelism: ``"vmap"`` (clients stacked on a leading axis) or
+      ``"sequential"`` (one client at a time, no client axis).
+    step_loop: ``"scan"`` (local steps inside one compiled loop) or
+      ``"python"`` (each step a jitted call; steps that are no-ops for every
+      client of a chunk are skipped).
+    chunk_size: with ``vmap``, clients per chunk (``None``: whole cohort).
+    num_devices: with ``vmap`` + ``scan``, shard the cohort axis over the first
+      ``num_devices`` local devices (``None`` or 1: no sharding).
+  """
+  parallelism: str = "sequential"
+  step_loop: str = "python"
+  chunk_size: int | None = None
+  num_devices: int | None = None
+
+  def validate(self) -> None:
+    if self.parallelism not in PARALLELISM:
+      raise ValueError(f"system.parallelism={self.parallelism!r}; allowed: {PARALLELISM}")
+    if self.step_loop not in STEP_LOOPS:
+      raise ValueError(f"system.step_loop={self.step_loop!r}; allowed: {STEP_LOOPS}")
+    if self.chunk_size is not None and self.chunk_size < 1:
+      raise ValueError(f"system.chunk_size={self.chunk_size}; allowed: >= 1 or None")
+    if self.num_devices is not None:
+      have = jax.local_device_count()
+      if not 1 <= self.num_devices <= have:
+        raise ValueError(f"system.num_devices={self.num_devices}; allowed: 1..{have}")
+
+
+def default_execution(backend: str | None = None) -> Execution:
+  """Measured default per backend: CPU one client at a time, Python-stepped;
+  accelerators vmap + scan with the cohort sharded over all local devices."""
+  backend = backend or jax.default_backend()
+  if backend == "cpu":
+    return Execution(parallelism="sequential", step_loop="python")
+  return Execution(parallelism="vmap", step_loop="scan", num_devices=jax.local_device_count())
+
+
+class ClientTask(NamedTuple):
+  """Single-client pieces of a round, mapped over the cohort by :class:`Executor`.
+
+  ``prologue(shared, client, data, client_id) -> state``;
+  ``step(state, t, data) -> state``; ``epilogue(shared, client, state) -> out``.
+  ``shared`` is replicated (server state, round key); ``client`` is this
+  client's slice of the stacked client state.
+  """
+  prologue: Callable[..., Any]
+  step: Callable[..., Any]
+  epilogue: Callable[..., Any]
+  num_steps: int
+  active_steps: Callable[[np.ndarray], Sequence[int]]
+
+
+class DeviceData(NamedTuple):
+  """The resident dataset: pooled ``x [T,...]``, ``y [T]`` and padded
+  per-client index tables ``[N, M]`` with counts ``[N]``."""
+  x: jax.Array
+  y: jax.Array
+  train_idx: jax.Array
+  train_counts: jax.Array
+  test_idx: jax.Array
+  test_counts: jax.Array
+
+
+def stack_clients(tree: PyTree, num_clients: int) -> PyTree:
+  """``[N, ...]`` stacked copies of ``tree`` (the initial client state)."""
+  return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_clients,) + jnp.shape(a)), tree)
+
+
+def gather(stacked: PyTree, ids) -> PyTree:
+  """Rows ``ids`` (scalar or ``[C]``) of a stacked pytree; out-of-range ids clip."""
+  return jax.tree.map(lambda a: jnp.take(a, ids, axis=0, mode="clip"), stacked)
+
+
+def scatter(stacked: PyTree, ids: jax.Array, values: PyTree, valid: jax.Array) -> PyTree:
+  """Write ``values [C, ...]`` into rows ``ids`` where ``valid``; padding dropped."""
+  n = jax.tree.leaves(stacked)[0].shape[0] if jax.tree.leaves(stacked) else 0
+  target = jnp.where(valid, ids, n)
+  return jax.tree.map(lambda a, v: a.at[target].set(v, mode="drop"), stacked, values)
+
+
+def stack_outputs(outputs: Sequence[PyTree]) -> PyTree:
+  """Stack per-client outputs (host loop) along a new leading axis."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+
+
+def client_data(data: DeviceData, ids, *, test: bool = False) -> ClientData:
+  """Per-client view(s) of the resident data for ``ids`` (scalar or ``[C]``)."""
+  idx, counts = (data.test_idx, data.test_counts) if test else (data.train_idx, data.train_counts)
+  return ClientData(data.x, data.y, jnp.take(idx, ids, axis=0, mode="clip"),
+                    jnp.take(counts, ids, axis=0, mode="clip"))
+
+
+_DATA_AXES = ClientData(None, None, 0, 0)
+
+
+class Executor:
+  """Maps a :class:`ClientTask` over a cohort according to an :class:`Execution`."""
+
+  def __init__(self, execution: Execution, num_clients: int):
+    execution.validate()
+    self.execution = execution
+    self.num_clients = num_clients
+    n_dev = execution.num_devices or 1
+    self.mesh = None
+    if execution.parallelism == "vmap" and n_dev > 1:
+      self.mesh = Mesh(np.array(jax.local_devices()[:n_dev]), (CLIENT_AXIS,))
+    self._compiled: dict[Any, Any] = {}
+
+  @property
+  def fused(self) -> bool:
+    """True when a whole round can be one traced program (vmap + scan)."""
+    return self.execution.parallelism == "vmap" and self.execution.step_loop == "scan"
+
+  def pad_cohort(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pad ``ids`` to a multiple of the chunk size and device count with the
+    out-of-range id ``N``; returns ``(padded_ids [C'], valid [C'])``."""
+    ids = np.asarray(ids, np.int32)
+    multiple = 1
+    if self.execution.parallelism == "vmap":
+      multiple = int(np.lcm(self.execution.chunk_size or 1, self.execution.num_devices or 1))
+    pad = (-len(ids)) % multiple
+    padded = np.concatenate([ids, np.full(pad, self.num_clients, np.int32)])
+    return padded, padded < self.num_clients
+
+  # -- traced path (vmap + scan): used inside the caller's jit ---------------
+  def map_traced(self, task: ClientTask, shared, stacked_clients, data: DeviceData,
+                 ids: jax.Array) -> PyTree:
+    """Run ``task`` for cohort ``ids [C]`` inside a trace; outputs stacked ``[C]``."""
+    def one(cid):
+      client = gather(stacked_clients, cid)
+      cdata = client_data(data, cid)
+      state = task.prologue(shared, client, cdata, cid)
+      state, _ = jax.lax.scan(lambda s, t: (task.step(s, t, cdata), None), state,
+                              jnp.arange(task.num_steps))
+      return task.epilogue(shared, client, state)
+    if self.mesh is not None:
+      ids = jax.lax.with_sharding_constraint(ids, NamedSharding(self.mesh, PartitionSpec(CLIENT_AXIS)))
+    if self.execution.chunk_size:
+      return jax.lax.map(one, ids, batch_size=self.execution.chunk_size)
+    return jax.vmap(one)(ids)
+
+  # -- host-driven path ------------------------------------------------------
+  def _jitted(self, task: ClientTask, batched: bool):
+    key = (id(task), batched)
+    if key not in self._compiled:
+      lift = (lambda f, axes: jax.vmap(f, in_axes=axes)) if batched else (lambda f, axes: f)
+
+      def pro(shared, stacked, data, ids):
+        client = gather(stacked, ids)
+        cdata = client_data(data, ids)
+        return lift(task.prologue, (None, 0, _DATA_AXES, 0))(shared, client, cdata, ids)
+
+      def step(state, t, data, ids):
+        return lift(task.step, (0, None, _DATA_AXES))(state, t, client_data(data, ids))
+
+      def scan_steps(state, data, ids):
+        cdata = client_data(data, ids)
+        f = lift(task.step, (0, None, _DATA_AXES))
+        return jax.lax.scan(lambda s, t: (f(s, t, cdata), None), state,
+                            jnp.arange(task.num_steps))[0]
+
+      def epi(shared, stacked, state, ids):
+        client = gather(stacked, ids)
+        return lift(task.epilogue, (None, 0, 0))(shared, client, state)
+
+      self._compiled[key] = tuple(jax.jit(f) for f in (pro, step, scan_steps, epi))
+    return self._compiled[key]
+
+  def map_host(self, task: ClientTask, shared, stacked_clients, data: DeviceData,
+               ids: np.ndarray, counts: np.ndarray) -> PyTree:
+    """Run ``task`` for padded cohort ``ids [C]`` from the host; outputs ``[C]``.
+
+    ``counts`` are the host-side train counts of ``ids`` (for step skipping).
+    """
+    batched = self.execution.parallelism == "vmap"
+    pro, step, scan_steps, epi = self._jitted(task, batched)
+    size = (self.execution.chunk_size or len(ids)) if batched else 1
+    outputs = []
+    for start in range(0, len(ids), size):
+      group = ids[start:start + size] if batched else ids[start]
+      group_counts = counts[start:start + size]
+      state = pro(shared, stacked_clients, data, group)
+      if self.execution.step_loop == "scan":
+        state = scan_steps(state, data, group)
+      else:
+        for t in task.active_steps(group_counts):
+          state = step(state, np.int32(t), data, group)
+      outputs.append(epi(shared, stacked_clients, state, group))
+    if batched:
+      return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outputs)
+    return stack_outputs(outputs)
+
+  def map_clients(self, fn: Callable[..., Any], shared, stacked_clients, data: DeviceData,
+                  ids: jax.Array) -> PyTree:
+    """Evaluate ``fn(shared, client, test_data) -> out`` for every id in ``ids``
+    (traceable; chunked with ``lax.map`` when a chunk size is set)."""
+    def one(cid):
+      return fn(shared, gather(stacked_clients, cid), client_data(data, cid, test=True))
+    if self.execution.parallelism == "vmap":
+      return jax.lax.map(one, ids, batch_size=self.execution.chunk_size or len(ids))
+    return jax.lax.map(one, ids)
+
+  def eval_host(self, prepare: Callable[..., Any], batch_fn: Callable[..., Any], shared,
+                stacked_clients, data: DeviceData, counts: np.ndarray,
+                batch_size: int) -> list[Any]:
+    """One client at a time from the host: ``p = prepare(shared, client)`` then
+    ``batch_fn(p, test_data, b)`` for each real test batch ``b``; returns the
+    per-client sums (a list of pytrees, index = client id)."""
+    key = (id(prepare), id(batch_fn), "eval")
+    if key not in self._compiled:
+      self._compiled[key] = (
+          jax.jit(lambda shared, stacked, i: prepare(shared, gather(stacked, i))),
+          jax.jit(lambda p, data, i, b: batch_fn(p, client_data(data, i, test=True), b)))
+    prep, run = self._compiled[key]
+    results = []
+    for i, n in enumerate(np.asarray(counts)):
+      p = prep(shared, stacked_clients, np.int32(i))
+      sums = [run(p, data, np.int32(i), np.int32(b)) for b in range(-(-int(n) // batch_size))]
+      results.append(jax.tree.map(lambda *xs: sum(xs), *sums) if sums else None)
+    return results

@@ -1,0 +1,176 @@
+"""Local training as a step program over padded, masked minibatches.
+
+A :class:`LocalProgram` describes one client's local training as
+``init -> step (num_steps times) -> finish``. Written for ONE client; the
+executor in :mod:`fedjax_pfl.core.cohort` decides whether the steps run inside
+one ``lax.scan`` or are stepped from Python, and whether clients are vmapped.
+
+Minibatches follow FL-bench's client loop: each epoch reshuffles the client's
+examples, batches of ``B`` are taken in order, the last partial batch is kept
+when it has at least 2 examples, and batches of size 1 are skipped. Steps past
+a client's data (padding) leave parameters and optimizer state unchanged.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedjax_pfl.types import Metrics, Params
+
+
+class ClientData(NamedTuple):
+  """One client's view of the resident dataset.
+
+  Attributes:
+    x: ``[T, ...]`` float32 pooled examples, shared by all clients.
+    y: ``[T]`` int32 pooled labels, shared.
+    idx: ``[M]`` int32 indices of this client's examples into ``x``; entries
+      at positions ``>= count`` are padding.
+    count: ``[]`` int32 number of real examples.
+  """
+  x: jax.Array
+  y: jax.Array
+  idx: jax.Array
+  count: jax.Array
+
+
+class Batch(NamedTuple):
+  """A padded minibatch: ``x [B, ...]``, ``y [B]``, ``mask [B]`` (bool)."""
+  x: jax.Array
+  y: jax.Array
+  mask: jax.Array
+
+
+class LocalProgram(NamedTuple):
+  """One client's local training, written for a single client.
+
+  Attributes:
+    init: ``(params, data: ClientData, key) -> carry``.
+    step: ``(carry, t: int32 [], data: ClientData) -> carry``; step ``t`` of
+      ``num_steps``; must be a no-op where the client has no batch at ``t``.
+    finish: ``carry -> (params, metrics)``.
+    num_steps: static number of steps ``S`` (``epochs * steps_per_epoch``).
+    steps_per_epoch: static steps per epoch (``ceil(M / B)``).
+    batch_size: ``B``.
+  """
+  init: Callable[..., Any]
+  step: Callable[..., Any]
+  finish: Callable[..., tuple[Params, Metrics]]
+  num_steps: int
+  steps_per_epoch: int
+  batch_size: int
+
+  def active_steps(self, counts) -> list[int]:
+    """Host-side: the step indices at which any client in ``counts`` trains.
+
+    Used by Python-stepped execution to skip steps that are no-ops for every
+    client of a chunk; results are identical with or without skipping.
+    """
+    n = int(np.max(np.asarray(counts))) if np.size(counts) else 0
+    per_epoch = num_batches(n, self.batch_size)
+    epochs = self.num_steps // self.steps_per_epoch
+    return [e * self.steps_per_epoch + s for e in range(epochs) for s in range(per_epoch)]
+
+
+def num_batches(count: int, batch_size: int) -> int:
+  """Batches per epoch with at least 2 examples for ``count`` examples."""
+  full, rest = divmod(int(count), batch_size)
+  return full + (1 if rest >= 2 else 0)
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array):
+  """Mean cross-entropy over the ``mask``-ed entries (0 when none)."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  n = jnp.sum(mask)
+  return jnp.sum(jnp.where(mask, ce, 0.0)) / jnp.maximum(n, 1)
+
+
+class SGDCarry(NamedTuple):
+  params: Params
+  opt_state: Any
+  perms: jax.Array      # [E, S_e * B] int32 example order per epoch
+  key: jax.Array
+  loss_sum: jax.Array   # [] float32, sum over trained examples
+  seen: jax.Array       # [] float32, examples trained on
+
+
+def make_optimizer(lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                   nesterov: bool = False) -> optax.GradientTransformation:
+  """PyTorch-equivalent SGD: decay added to the gradient before momentum."""
+  sgd = optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
+  if weight_decay:
+    return optax.chain(optax.add_decayed_weights(weight_decay), sgd)
+  return sgd
+
+
+def epoch_permutations(key: jax.Array, count, epochs: int, num_slots: int,
+                       padded_len: int) -> jax.Array:
+  """``[epochs, padded_len]`` int32: per epoch, a uniform random order of the
+  first ``count`` slots followed by the padding slots (then zeros)."""
+  u = jax.random.uniform(key, (epochs, num_slots))
+  u = jnp.where(jnp.arange(num_slots) < count, u, 2.0)
+  perms = jnp.argsort(u, axis=1).astype(jnp.int32)
+  return jnp.pad(perms, ((0, 0), (0, padded_len - num_slots)))
+
+
+def gather_batch(data: ClientData, perm: jax.Array, s, batch_size: int) -> Batch:
+  """The ``s``-th minibatch of an epoch with example order ``perm``."""
+  pos = s * batch_size + jnp.arange(batch_size)
+  slots = jax.lax.dynamic_slice(perm, (s * batch_size,), (batch_size,))
+  examples = data.idx[slots]
+  return Batch(data.x[examples], data.y[examples], pos < data.count)
+
+
+def sgd_program(loss_fn: Callable[..., jax.Array], optimizer: optax.GradientTransformation,
+                *, epochs: int, batch_size: int, num_slots: int) -> LocalProgram:
+  """E epochs of minibatch SGD (optax) on ``loss_fn(params, batch, key)``.
+
+  The optimizer state is created fresh at ``init`` (reset every round, as in
+  FL-bench's ``reset_optimizer_on_global_epoch``).
+
+  Args:
+    loss_fn: ``(params, Batch, key) -> scalar`` mean loss over ``batch.mask``.
+    optimizer: an optax transformation.
+    epochs: local epochs ``E >= 1``.
+    batch_size: ``B >= 1``.
+    num_slots: padded examples per client ``M`` (static).
+
+  Returns:
+    A :class:`LocalProgram` whose params are the trained pytree; metrics
+    ``train_loss`` (mean over trained examples) and ``train_examples``.
+  """
+  steps_per_epoch = max(1, -(-num_slots // batch_size))
+  padded_len = steps_per_epoch * batch_size
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def init(params, data: ClientData, key):
+    perm_key, step_key = jax.random.split(key)
+    perms = epoch_permutations(perm_key, data.count, epochs, num_slots, padded_len)
+    zero = jnp.zeros((), jnp.float32)
+    return SGDCarry(params, optimizer.init(params), perms, step_key, zero, zero)
+
+  def step(carry: SGDCarry, t, data: ClientData) -> SGDCarry:
+    epoch, s = t // steps_per_epoch, t % steps_per_epoch
+    batch = gather_batch(data, carry.perms[epoch], s, batch_size)
+    size = jnp.sum(batch.mask)
+    active = size >= 2
+    loss, grads = grad_fn(carry.params, batch, jax.random.fold_in(carry.key, t))
+    updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
+    params = optax.apply_updates(carry.params, updates)
+    keep = lambda new, old: jnp.where(active, new, old)
+    return carry._replace(
+        params=jax.tree.map(keep, params, carry.params),
+        opt_state=jax.tree.map(keep, opt_state, carry.opt_state),
+        loss_sum=carry.loss_sum + jnp.where(active, loss * size, 0.0),
+        seen=carry.seen + jnp.where(active, size, 0).astype(jnp.float32))
+
+  def finish(carry: SGDCarry):
+    metrics = {"train_loss": carry.loss_sum / jnp.maximum(carry.seen, 1.0),
+               "train_examples": carry.seen}
+    return carry.params, metrics
+
+  return LocalProgram(init, step, finish, epochs * steps_per_epoch, steps_per_epoch,
+                      batch_size)

@@ -1,0 +1,186 @@
+"""The one round skeleton and the evaluation of all clients.
+
+:class:`Simulation` binds an :class:`~fedjax_pfl.core.algorithm.Algorithm`, a
+model's ``apply`` function and the resident data, and runs rounds:
+
+1. sample the cohort (uniform without replacement, key = (seed, round));
+2. map ``broadcast -> local_train -> finalize`` over the cohort (executor);
+3. ``aggregate`` with train-set-size weights (0 for padding);
+4. scatter the new client states into the stacked ``[N, ...]`` state.
+
+With ``vmap`` + ``scan`` the whole round is one compiled program.
+"""
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedjax_pfl.core import cohort as cohort_lib
+from fedjax_pfl.core import rng
+from fedjax_pfl.core.algorithm import Algorithm
+from fedjax_pfl.core.local import ClientData
+from fedjax_pfl.types import Metrics, PyTree
+
+
+class SimState(NamedTuple):
+  """Server state, stacked client state ``[N, ...]`` and the next round index."""
+  server: PyTree
+  clients: PyTree
+  round: int
+
+
+def cohort_size(num_clients: int, participation: float) -> int:
+  """``C = max(1, floor(rho * N))``."""
+  return max(1, min(num_clients, math.floor(participation * num_clients + 1e-9)))
+
+
+def _mean_valid(metrics: Metrics, valid: jax.Array) -> Metrics:
+  w = valid.astype(jnp.float32)
+  return {k: jnp.sum(v * w) / jnp.maximum(jnp.sum(w), 1.0) for k, v in metrics.items()}
+
+
+class Simulation:
+  """Runs an algorithm over resident federated data (see module docstring).
+
+  Args:
+    algorithm: the algorithm's slots.
+    apply_fn: ``(params, x [B, ...]) -> logits [B, K]`` for evaluation.
+    data: host-side federated data (``fedjax_pfl.data.FederatedData``).
+    seed: root seed of all keys (init, sampling, training).
+    participation: fraction ``rho`` in (0, 1] of clients per round.
+    execution: client-parallel strategy (``cohort.Execution``).
+    eval_batch_size: test examples per forward pass.
+  """
+
+  def __init__(self, algorithm: Algorithm, apply_fn: Callable[..., jax.Array], data: Any, *,
+               seed: int, participation: float, execution: cohort_lib.Execution,
+               eval_batch_size: int = 256):
+    self.algorithm = algorithm
+    self.apply_fn = apply_fn
+    self.num_clients = int(data.train_idx.shape[0])
+    self.cohort_size = cohort_size(self.num_clients, participation)
+    self.train_counts = np.asarray(data.train_counts)
+    self.test_counts = np.asarray(data.test_counts)
+    self.data = cohort_lib.DeviceData(*(jnp.asarray(a) for a in (
+        data.x, data.y, data.train_idx, data.train_counts, data.test_idx, data.test_counts)))
+    self.executor = cohort_lib.Executor(execution, self.num_clients)
+    self.eval_batch_size = int(eval_batch_size)
+    root = rng.root_key(seed)
+    self.init_key = rng.stream_key(root, "init")
+    self.sample_key = rng.stream_key(root, "sample")
+    self.train_key = rng.stream_key(root, "train")
+    self.task = self._make_task()
+    self._sample = jax.jit(rng.sample_cohort, static_argnums=(2, 3))
+    self._round_key = jax.jit(jax.random.fold_in)
+    self._finish_round = jax.jit(self._aggregate_and_scatter)
+    self._fused_round = jax.jit(self._fused)
+    self._eval_traced = jax.jit(self._evaluate_traced)
+
+  # -- per-client pieces ----------------------------------------------------
+  def _make_task(self) -> cohort_lib.ClientTask:
+    alg, prog = self.algorithm, self.algorithm.local_train
+
+    def prologue(shared, client, cdata: ClientData, cid):
+      server, round_key = shared
+      params, extra = alg.broadcast(server, client)
+      return prog.init(params, cdata, jax.random.fold_in(round_key, cid)), extra
+
+    def step(state, t, cdata):
+      carry, extra = state
+      return prog.step(carry, t, cdata), extra
+
+    def epilogue(shared, client, state):
+      carry, extra = state
+      trained, train_metrics = prog.finish(carry)
+      upload, new_client, metrics = alg.finalize(shared[0], client, trained, extra)
+      return upload, new_client, {**train_metrics, **metrics}
+
+    return cohort_lib.ClientTask(prologue, step, epilogue, prog.num_steps, prog.active_steps)
+
+  # -- rounds ---------------------------------------------------------------
+  def init(self, params: PyTree) -> SimState:
+    """Initial state from the initial model ``params`` (theta^0)."""
+    server, clients = self.algorithm.init(params, self.num_clients)
+    return SimState(server, clients, 0)
+
+  def cohort(self, round_idx: int) -> np.ndarray:
+    """Sorted client ids of round ``round_idx`` (host numpy, ``[C]``)."""
+    return np.asarray(self._sample(self.sample_key, round_idx, self.num_clients, self.cohort_size))
+
+  def _aggregate_and_scatter(self, server, clients, outputs, ids, valid):
+    uploads, new_clients, metrics = outputs
+    weights = self.data.train_counts[jnp.minimum(ids, self.num_clients - 1)] * valid
+    server, agg_metrics = self.algorithm.aggregate(server, uploads, weights.astype(jnp.float32))
+    clients = cohort_lib.scatter(clients, ids, new_clients, valid)
+    return server, clients, {**_mean_valid(metrics, valid), **agg_metrics}
+
+  def _fused(self, server, clients, ids, valid, round_key):
+    outputs = self.executor.map_traced(self.task, (server, round_key), clients, self.data, ids)
+    return self._aggregate_and_scatter(server, clients, outputs, ids, valid)
+
+  def run_round(self, state: SimState) -> tuple[SimState, Metrics]:
+    """One round; returns the new state and host-side scalar metrics."""
+    ids, valid = self.executor.pad_cohort(self.cohort(state.round))
+    round_key = self._round_key(self.train_key, state.round)
+    if self.executor.fused:
+      server, clients, metrics = self._fused_round(state.server, state.clients, ids, valid,
+                                                   round_key)
+    else:
+      counts = self.train_counts[np.minimum(ids, self.num_clients - 1)]
+      outputs = self.executor.map_host(self.task, (state.server, round_key), state.clients,
+                                       self.data, ids, counts)
+      server, clients, metrics = self._finish_round(state.server, state.clients, outputs,
+                                                    ids, valid)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    return SimState(server, clients, state.round + 1), metrics
+
+  # -- evaluation -----------------------------------------------------------
+  def _batch_sums(self, params, cdata: ClientData, b) -> jax.Array:
+    bs = self.eval_batch_size
+    pos = b * bs + jnp.arange(bs)
+    mask = pos < cdata.count
+    examples = cdata.idx[jnp.minimum(pos, cdata.idx.shape[0] - 1)]
+    logits = self.apply_fn(params, cdata.x[examples])
+    labels = cdata.y[examples]
+    correct = jnp.sum(mask & (jnp.argmax(logits, -1) == labels))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.stack([correct.astype(jnp.float32), jnp.sum(jnp.where(mask, ce, 0.0))])
+
+  def _evaluate_traced(self, server, clients):
+    num_batches = -(-self.data.test_idx.shape[1] // self.eval_batch_size)
+
+    def one(shared, client, cdata):
+      params = self.algorithm.personalize(shared, client)
+      sums = jax.lax.map(lambda b: self._batch_sums(params, cdata, b), jnp.arange(num_batches))
+      return jnp.sum(sums, axis=0)
+    ids = jnp.arange(self.num_clients, dtype=jnp.int32)
+    return self.executor.map_clients(one, server, clients, self.data, ids)
+
+  def evaluate(self, state: SimState) -> Metrics:
+    """Evaluates every client with ``personalize``: pooled (sample-weighted)
+    accuracy, unweighted client-mean accuracy, pooled loss, per-client lists."""
+    if self.executor.execution.parallelism == "vmap":
+      sums = np.asarray(self._eval_traced(state.server, state.clients))
+    else:
+      per_client = self.executor.eval_host(
+          self.algorithm.personalize, self._batch_sums, state.server, state.clients,
+          self.data, self.test_counts, self.eval_batch_size)
+      sums = np.stack([np.zeros(2) if s is None else np.asarray(s) for s in per_client])
+    return summarize_eval(sums[:, 0], sums[:, 1], self.test_counts)
+
+
+def summarize_eval(correct: np.ndarray, loss_sum: np.ndarray, counts: np.ndarray) -> Metrics:
+  """Pooled and client-mean accuracy from per-client sums (host numpy)."""
+  counts = np.asarray(counts, np.float64)
+  has = counts > 0
+  per_client = np.where(has, correct / np.maximum(counts, 1), np.nan)
+  return {
+      "accuracy": float(correct.sum() / max(counts.sum(), 1)),
+      "client_mean_accuracy": float(np.nanmean(per_client[has])) if has.any() else float("nan"),
+      "loss": float(loss_sum.sum() / max(counts.sum(), 1)),
+      "client_accuracy": [None if not h else float(a) for a, h in zip(per_client, has)],
+  }

@@ -1,0 +1,142 @@
+"""The run loop: config -> data -> model -> algorithm -> rounds -> results.
+
+Outputs in ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON object per
+evaluation), ``summary.json`` and ``summary.md``; all written atomically.
+"""
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from fedjax_pfl import algorithms, config as config_lib, io
+from fedjax_pfl.core import cohort, rng
+from fedjax_pfl.core.local import make_optimizer, sgd_program, softmax_cross_entropy
+from fedjax_pfl.core.rounds import Simulation
+from fedjax_pfl.data import load_federated
+from fedjax_pfl.models import get_model
+
+
+def resolve_execution(system: config_lib.SystemConfig) -> cohort.Execution:
+  """``auto`` fields take the measured per-backend defaults."""
+  default = cohort.default_execution()
+  parallelism = default.parallelism if system.parallelism == "auto" else system.parallelism
+  step_loop = default.step_loop if system.step_loop == "auto" else system.step_loop
+  num_devices = system.num_devices
+  if num_devices is None and parallelism == "vmap":
+    num_devices = default.num_devices
+  return cohort.Execution(parallelism=parallelism, step_loop=step_loop,
+                          chunk_size=system.chunk_size, num_devices=num_devices)
+
+
+def load_data(cfg: config_lib.DataConfig):
+  """Loads and partitions the dataset named in ``cfg`` (host numpy)."""
+  return load_federated(
+      cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, partition=cfg.partition,
+      num_clients=cfg.num_clients, alpha=cfg.alpha, shards_per_client=cfg.shards_per_client,
+      min_samples_per_client=cfg.min_samples_per_client, max_retries=cfg.max_retries,
+      test_ratio=cfg.test_ratio, seed=cfg.seed, max_examples=cfg.max_examples)
+
+
+def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulation, Any]:
+  """Model, local program, algorithm and :class:`Simulation` for loaded data.
+
+  Returns:
+    ``(simulation, initial_params)``.
+  """
+  t = config.train
+  model = get_model(config.model.name, data.x.shape[1:], data.num_classes)
+  root = rng.root_key(t.seed)
+  params0 = model.init(rng.stream_key(root, "init"))
+
+  def loss_fn(params, batch, key):
+    del key
+    return softmax_cross_entropy(model.apply(params, batch.x), batch.y, batch.mask)
+
+  program = sgd_program(loss_fn, make_optimizer(t.lr, t.momentum, t.weight_decay),
+                        epochs=t.local_epochs, batch_size=t.batch_size,
+                        num_slots=int(data.train_idx.shape[1]))
+  alg = algorithms.build(config.algorithm, config.algo, local=program, params=params0)
+  sim = Simulation(alg, model.apply, data, seed=t.seed, participation=t.participation,
+                   execution=resolve_execution(config.system),
+                   eval_batch_size=t.eval_batch_size)
+  return sim, params0
+
+
+def _summary(config, records: list[dict], seconds: float) -> dict:
+  best = max(records, key=lambda r: r["accuracy"])
+  best_mean = max(records, key=lambda r: r["client_mean_accuracy"])
+  final = records[-1]
+  return {
+      "algorithm": config.algorithm, "dataset": config.data.dataset,
+      "rounds": final["round"], "final_accuracy": final["accuracy"],
+      "final_client_mean_accuracy": final["client_mean_accuracy"],
+      "final_loss": final["loss"],
+      "best_accuracy": best["accuracy"], "best_round": best["round"],
+      "best_client_mean_accuracy": best_mean["client_mean_accuracy"],
+      "seconds": round(seconds, 2),
+  }
+
+
+def summary_markdown(summary: dict) -> str:
+  rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
+  return f"# Run summary\n\n| field | value |\n|---|---|\n{rows}\n"
+
+
+def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = True,
+        on_eval: Callable[[dict], None] | None = None) -> dict:
+  """Runs one experiment; returns the summary dict.
+
+  Raises:
+    ConfigError: invalid config (before any compute).
+    DataError / PartitionError: missing or corrupt data, impossible partition.
+  """
+  config_lib.validate(config)
+  data = load_data(config.data)
+  sim, params0 = build_simulation(config, data)
+  os.makedirs(workdir, exist_ok=True)
+  io.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
+  state = sim.init(params0)
+  t = config.train
+  records: list[dict] = []
+  start = time.perf_counter()
+  bar = _progress(t.rounds, config.algorithm, progress)
+  round_metrics: dict = {}
+  while state.round < t.rounds:
+    state, round_metrics = sim.run_round(state)
+    if state.round % t.eval_every == 0 or state.round == t.rounds:
+      ev = sim.evaluate(state)
+      record = {"round": state.round, "seconds": round(time.perf_counter() - start, 3),
+                **{k: v for k, v in round_metrics.items()}, **ev}
+      _check_finite(record)
+      records.append(record)
+      io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
+      if on_eval:
+        on_eval(record)
+      bar.set_postfix(acc=f"{ev['accuracy']:.4f}", refresh=False)
+    bar.update(1)
+  bar.close()
+  summary = _summary(config, records, time.perf_counter() - start)
+  io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  io.write_text_atomic(os.path.join(workdir, "summary.md"), summary_markdown(summary))
+  return summary
+
+
+class DivergenceError(RuntimeError):
+  """Loss or accuracy became NaN/Inf."""
+
+
+def _check_finite(record: dict) -> None:
+  for key in ("loss", "train_loss"):
+    if key in record and not math.isfinite(record[key]):
+      raise DivergenceError(f"{key} is {record[key]} at round {record['round']}: the run "
+                            "diverged (try a smaller train.lr)")
+
+
+def _progress(total: int, desc: str, enabled: bool):
+  from tqdm.auto import tqdm
+  return tqdm(total=total, desc=desc, unit="round", disable=not enabled, dynamic_ncols=True)
