@@ -4,18 +4,15 @@ Outputs in ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON object per
 evaluation), ``summary.json`` and ``summary.md``; all written atomically.
 """
 
-import dataclasses
 import math
 import os
 import time
 from typing import Any, Callable
 
-import jax
-import numpy as np
-
-from fedjax_pfl import algorithms, config as config_lib, io
+from fedjax_pfl import algorithms, io
+from fedjax_pfl import config as config_lib
 from fedjax_pfl.core import cohort, rng
-from fedjax_pfl.core.local import make_optimizer, sgd_program, softmax_cross_entropy
+from fedjax_pfl.core.local import LocalSpec, make_optimizer
 from fedjax_pfl.core.rounds import Simulation
 from fedjax_pfl.data import load_federated
 from fedjax_pfl.models import get_model
@@ -53,14 +50,9 @@ def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulat
   root = rng.root_key(t.seed)
   params0 = model.init(rng.stream_key(root, "init"))
 
-  def loss_fn(params, batch, key):
-    del key
-    return softmax_cross_entropy(model.apply(params, batch.x), batch.y, batch.mask)
-
-  program = sgd_program(loss_fn, make_optimizer(t.lr, t.momentum, t.weight_decay),
-                        epochs=t.local_epochs, batch_size=t.batch_size,
-                        num_slots=int(data.train_idx.shape[1]))
-  alg = algorithms.build(config.algorithm, config.algo, local=program, params=params0)
+  spec = LocalSpec(model.apply, make_optimizer(t.lr, t.momentum, t.weight_decay),
+                   t.local_epochs, t.batch_size, int(data.train_idx.shape[1]))
+  alg = algorithms.build(config.algorithm, config.algo, spec=spec, params=params0)
   sim = Simulation(alg, model.apply, data, seed=t.seed, participation=t.participation,
                    execution=resolve_execution(config.system),
                    eval_batch_size=t.eval_batch_size)

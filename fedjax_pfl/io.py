@@ -12,6 +12,7 @@ def write_text_atomic(path: str, text: str) -> None:
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
   try:
+    os.fchmod(fd, 0o644)
     with os.fdopen(fd, "w") as f:
       f.write(text)
       f.flush()

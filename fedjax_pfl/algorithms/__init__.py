@@ -1,39 +1,32 @@
-"""Algorithm registry: name -> (config dataclass, builder).
+"""Algorithm registry: name -> (config dataclass, builder, description).
 
-A builder takes ``(config, *, local, params)`` where ``local`` is the local
-training program and ``params`` the initial model (for parameter-group labels,
-computed once from paths).
+Each algorithm module defines ``SPECS: dict[str, AlgorithmSpec]``; the modules
+listed in ``_MODULES`` are collected here. A builder takes
+``(config, *, spec, params)``: ``spec`` is the
+:class:`~fedjax_pfl.core.local.LocalSpec` (model apply, optimizer, epochs,
+batch size; ``spec.program()`` is plain E-epoch SGD on cross-entropy) and
+``params`` the initial model (for parameter-group labels, computed once from
+paths).
 """
 
-from typing import Any, Callable, NamedTuple
+import importlib
+from typing import Any
 
-from fedjax_pfl.algorithms.fedavg import FedAvgConfig, fedavg
-from fedjax_pfl.algorithms.fedobp import FedOBPClient, FedOBPConfig, fedobp
-from fedjax_pfl.algorithms.local_only import LocalOnlyConfig, local_only
+from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core.algorithm import Algorithm
-from fedjax_pfl.models.base import scope_mask
 
+_MODULES = [
+    "fedavg",
+    "local_only",
+    "fedobp",
+]
 
-class AlgorithmSpec(NamedTuple):
-  config_cls: type
-  build: Callable[..., Algorithm]
-  description: str
-
-
-REGISTRY: dict[str, AlgorithmSpec] = {
-    "fedavg": AlgorithmSpec(FedAvgConfig, lambda cfg, *, local, params: fedavg(local=local),
-                            "FedAvg (McMahan et al. 2017)"),
-    "local": AlgorithmSpec(LocalOnlyConfig,
-                           lambda cfg, *, local, params: local_only(local=local),
-                           "Local-Only: private models, no communication"),
-    "fedobp": AlgorithmSpec(
-        FedOBPConfig,
-        lambda cfg, *, local, params: fedobp(local=local, config=cfg,
-                                             scope=scope_mask(params, cfg.scope)),
-        "FedOBP (Chen et al., arXiv:2604.16574)"),
-}
-
-ALIASES = {"local-only": "local", "local_only": "local", "localonly": "local"}
+REGISTRY: dict[str, AlgorithmSpec] = {}
+ALIASES: dict[str, str] = {}
+for _name in _MODULES:
+  _module = importlib.import_module(f"fedjax_pfl.algorithms.{_name}")
+  REGISTRY.update(_module.SPECS)
+  ALIASES.update(getattr(_module, "ALIASES", {}))
 
 
 def canonical_name(name: str) -> str:
@@ -42,17 +35,16 @@ def canonical_name(name: str) -> str:
   Raises:
     ValueError: naming the allowed algorithms.
   """
-  key = ALIASES.get(name.lower(), name.lower())
+  key = name.lower().replace("-", "_")
+  key = ALIASES.get(key, key)
   if key not in REGISTRY:
     raise ValueError(f"algorithm={name!r}; allowed: {sorted(REGISTRY)}")
   return key
 
 
-def build(name: str, config: Any, *, local, params) -> Algorithm:
+def build(name: str, config: Any, *, spec, params) -> Algorithm:
   """Builds the registered algorithm ``name`` with its ``config``."""
-  return REGISTRY[canonical_name(name)].build(config, local=local, params=params)
+  return REGISTRY[canonical_name(name)].build(config, spec=spec, params=params)
 
 
-__all__ = ["REGISTRY", "ALIASES", "AlgorithmSpec", "Algorithm", "build", "canonical_name",
-           "fedavg", "FedAvgConfig", "fedobp", "FedOBPConfig", "FedOBPClient", "local_only",
-           "LocalOnlyConfig"]
+__all__ = ["REGISTRY", "ALIASES", "AlgorithmSpec", "Algorithm", "build", "canonical_name"]

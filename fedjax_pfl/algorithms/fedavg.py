@@ -11,6 +11,7 @@ client's test set (FL-bench's "before fine-tuning" number).
 
 import dataclasses
 
+from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core.algorithm import Algorithm
 from fedjax_pfl.core.local import LocalProgram
 from fedjax_pfl.ops.aggregation import weighted_mean
@@ -44,3 +45,8 @@ def fedavg(*, local: LocalProgram) -> Algorithm:
     return server
 
   return Algorithm("fedavg", init, broadcast, local, finalize, aggregate, personalize)
+
+
+SPECS = {"fedavg": AlgorithmSpec(FedAvgConfig,
+                                 lambda cfg, *, spec, params: fedavg(local=spec.program()),
+                                 "FedAvg (McMahan et al. 2017)")}

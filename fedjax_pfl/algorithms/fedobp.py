@@ -33,9 +33,11 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_pfl import ops
+from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core import cohort
 from fedjax_pfl.core.algorithm import Algorithm
 from fedjax_pfl.core.local import LocalProgram
+from fedjax_pfl.models.base import scope_mask
 from fedjax_pfl.ops.aggregation import weighted_mean
 
 
@@ -129,3 +131,10 @@ def fedobp(*, local: LocalProgram, config: FedOBPConfig, scope: Any = None) -> A
     return decouple(server, client)[0]
 
   return Algorithm("fedobp", init, broadcast, local, finalize, aggregate, personalize)
+
+
+def _build(cfg: FedOBPConfig, *, spec, params) -> Algorithm:
+  return fedobp(local=spec.program(), config=cfg, scope=scope_mask(params, cfg.scope))
+
+
+SPECS = {"fedobp": AlgorithmSpec(FedOBPConfig, _build, "FedOBP (Chen et al., arXiv:2604.16574)")}

@@ -8,6 +8,7 @@ client's model depends only on its own data and keys.
 
 import dataclasses
 
+from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core import cohort
 from fedjax_pfl.core.algorithm import Algorithm
 from fedjax_pfl.core.local import LocalProgram
@@ -40,3 +41,9 @@ def local_only(*, local: LocalProgram) -> Algorithm:
     return client
 
   return Algorithm("local", init, broadcast, local, finalize, aggregate, personalize)
+
+
+SPECS = {"local": AlgorithmSpec(LocalOnlyConfig,
+                                lambda cfg, *, spec, params: local_only(local=spec.program()),
+                                "Local-Only: private models, no communication")}
+ALIASES = {"local_only": "local", "localonly": "local"}

@@ -13,10 +13,12 @@ Round ``t`` (driver: :mod:`fedjax_pfl.core.rounds`)::
   server, agg_metrics = aggregate(server, uploads [C], weights [C])
 
 ``weights`` are the clients' train-set sizes, 0 for cohort padding. Evaluation
-uses ``personalize(server, client_i)``: the model client i is judged by.
+uses ``personalize(server, client_i)``: the model client i is judged by,
+applied with ``eval_apply(personalized, x) -> logits`` when the algorithm sets
+it (e.g. APFL's logit mixture), else with the model's ``apply``.
 """
 
-from typing import NamedTuple, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import jax
 
@@ -60,3 +62,4 @@ class Algorithm(NamedTuple):
   finalize: FinalizeFn
   aggregate: AggregateFn
   personalize: PersonalizeFn
+  eval_apply: Callable[..., jax.Array] | None = None

@@ -44,6 +44,14 @@ class Batch(NamedTuple):
   mask: jax.Array
 
 
+class LocalInput(NamedTuple):
+  """What ``broadcast`` may hand to an SGD program: the params to train and a
+  frozen ``context`` passed to the loss (e.g. the global model for a prox term).
+  A bare params pytree means ``context=()``."""
+  params: Params
+  context: Any = ()
+
+
 class LocalProgram(NamedTuple):
   """One client's local training, written for a single client.
 
@@ -90,6 +98,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array)
 
 class SGDCarry(NamedTuple):
   params: Params
+  context: Any
   opt_state: Any
   perms: jax.Array      # [E, S_e * B] int32 example order per epoch
   key: jax.Array
@@ -125,18 +134,25 @@ def gather_batch(data: ClientData, perm: jax.Array, s, batch_size: int) -> Batch
 
 
 def sgd_program(loss_fn: Callable[..., jax.Array], optimizer: optax.GradientTransformation,
-                *, epochs: int, batch_size: int, num_slots: int) -> LocalProgram:
-  """E epochs of minibatch SGD (optax) on ``loss_fn(params, batch, key)``.
+                *, epochs: int, batch_size: int, num_slots: int,
+                trainable: Callable[[jax.Array], Any] | None = None) -> LocalProgram:
+  """E epochs of minibatch SGD (optax) on ``loss_fn(params, batch, key, context)``.
 
   The optimizer state is created fresh at ``init`` (reset every round, as in
-  FL-bench's ``reset_optimizer_on_global_epoch``).
+  FL-bench's ``reset_optimizer_on_global_epoch``). ``init`` takes a params
+  pytree or a :class:`LocalInput` (params + frozen loss context).
 
   Args:
-    loss_fn: ``(params, Batch, key) -> scalar`` mean loss over ``batch.mask``.
+    loss_fn: ``(params, Batch, key, context) -> scalar`` mean loss over
+      ``batch.mask``.
     optimizer: an optax transformation.
     epochs: local epochs ``E >= 1``.
     batch_size: ``B >= 1``.
     num_slots: padded examples per client ``M`` (static).
+    trainable: optional ``epoch -> bool pytree`` (a prefix of params is
+      fine): entries False at that epoch keep their value and their optimizer
+      state (true freezing, unlike zeroing gradients under momentum). Used by
+      FedRep-style phases.
 
   Returns:
     A :class:`LocalProgram` whose params are the trained pytree; metrics
@@ -146,24 +162,29 @@ def sgd_program(loss_fn: Callable[..., jax.Array], optimizer: optax.GradientTran
   padded_len = steps_per_epoch * batch_size
   grad_fn = jax.value_and_grad(loss_fn)
 
-  def init(params, data: ClientData, key):
+  def init(inputs, data: ClientData, key):
+    params, context = inputs if isinstance(inputs, LocalInput) else (inputs, ())
     perm_key, step_key = jax.random.split(key)
     perms = epoch_permutations(perm_key, data.count, epochs, num_slots, padded_len)
     zero = jnp.zeros((), jnp.float32)
-    return SGDCarry(params, optimizer.init(params), perms, step_key, zero, zero)
+    return SGDCarry(params, context, optimizer.init(params), perms, step_key, zero, zero)
 
   def step(carry: SGDCarry, t, data: ClientData) -> SGDCarry:
     epoch, s = t // steps_per_epoch, t % steps_per_epoch
     batch = gather_batch(data, carry.perms[epoch], s, batch_size)
     size = jnp.sum(batch.mask)
     active = size >= 2
-    loss, grads = grad_fn(carry.params, batch, jax.random.fold_in(carry.key, t))
+    loss, grads = grad_fn(carry.params, batch, jax.random.fold_in(carry.key, t), carry.context)
     updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
     params = optax.apply_updates(carry.params, updates)
     keep = lambda new, old: jnp.where(active, new, old)
+    params = jax.tree.map(keep, params, carry.params)
+    opt_state = jax.tree.map(keep, opt_state, carry.opt_state)
+    if trainable is not None:
+      params, opt_state = _freeze(trainable(epoch), params, carry.params, opt_state,
+                                  carry.opt_state)
     return carry._replace(
-        params=jax.tree.map(keep, params, carry.params),
-        opt_state=jax.tree.map(keep, opt_state, carry.opt_state),
+        params=params, opt_state=opt_state,
         loss_sum=carry.loss_sum + jnp.where(active, loss * size, 0.0),
         seen=carry.seen + jnp.where(active, size, 0).astype(jnp.float32))
 
@@ -174,3 +195,51 @@ def sgd_program(loss_fn: Callable[..., jax.Array], optimizer: optax.GradientTran
 
   return LocalProgram(init, step, finish, epochs * steps_per_epoch, steps_per_epoch,
                       batch_size)
+
+
+def _freeze(mask, new_params, old_params, new_opt, old_opt):
+  """Keeps old values (params and same-shaped optimizer leaves) where ``mask``
+  is False. ``mask`` may be a prefix pytree of params with bool leaves."""
+  full = jax.tree.map(
+      lambda m, sub: jax.tree.map(lambda p: jnp.broadcast_to(jnp.asarray(m), p.shape), sub),
+      mask, new_params)
+  params = jax.tree.map(lambda m, n, o: jnp.where(m, n, o), full, new_params, old_params)
+  # Optimizer states hold params-shaped trees (e.g. momentum): freeze those too.
+  structure = jax.tree.structure(new_params)
+  is_params_like = lambda x: jax.tree.structure(x) == structure
+
+  def fix(n, o):
+    if is_params_like(n):
+      return jax.tree.map(lambda m, a, b: jnp.where(m, a, b), full, n, o)
+    return n
+  return params, jax.tree.map(fix, new_opt, old_opt, is_leaf=is_params_like)
+
+
+class LocalSpec(NamedTuple):
+  """Everything an algorithm builder needs to make its local training.
+
+  Attributes:
+    apply: the model's ``(params, x) -> logits``.
+    optimizer: the client optimizer (fresh state every round).
+    epochs: local epochs ``E``.
+    batch_size: ``B``.
+    num_slots: padded train examples per client ``M``.
+  """
+  apply: Callable[..., jax.Array]
+  optimizer: optax.GradientTransformation
+  epochs: int
+  batch_size: int
+  num_slots: int
+
+  def ce_loss(self, params, batch: Batch, key=None, context=()) -> jax.Array:
+    """Mean cross-entropy of the model on a padded batch."""
+    del key, context
+    return softmax_cross_entropy(self.apply(params, batch.x), batch.y, batch.mask)
+
+  def program(self, loss_fn: Callable[..., jax.Array] | None = None, *,
+              epochs: int | None = None, trainable=None,
+              optimizer: optax.GradientTransformation | None = None) -> LocalProgram:
+    """An SGD :class:`LocalProgram` (default loss: cross-entropy)."""
+    return sgd_program(loss_fn or self.ce_loss, optimizer or self.optimizer,
+                       epochs=epochs or self.epochs, batch_size=self.batch_size,
+                       num_slots=self.num_slots, trainable=trainable)

@@ -60,7 +60,7 @@ class Simulation:
                seed: int, participation: float, execution: cohort_lib.Execution,
                eval_batch_size: int = 256):
     self.algorithm = algorithm
-    self.apply_fn = apply_fn
+    self.apply_fn = algorithm.eval_apply or apply_fn
     self.num_clients = int(data.train_idx.shape[0])
     self.cohort_size = cohort_size(self.num_clients, participation)
     self.train_counts = np.asarray(data.train_counts)

@@ -3,7 +3,7 @@
 Flax stays at this boundary: the rest of the package sees only a params pytree.
 """
 
-from fedjax_pfl.models.base import Model, get_model, label_params, MODELS, scope_mask
+from fedjax_pfl.models.base import MODELS, Model, get_model, label_params, scope_mask
 from fedjax_pfl.models.cnn import FedAvgCNN
 from fedjax_pfl.models.mlp import MLP
 

@@ -1,0 +1,167 @@
+"""Round driver: equivalences, invariances (order, padding, chunks, devices)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_pfl.algorithms.fedobp import FedOBPConfig
+from fedjax_pfl.core import cohort
+from fedjax_pfl.core.rounds import cohort_size, summarize_eval
+from tests.helpers import make_sim, run_rounds, tiny_data
+
+SEQ_PY = cohort.Execution(parallelism="sequential", step_loop="python")
+EXECUTIONS = {
+    "sequential-scan": cohort.Execution(parallelism="sequential", step_loop="scan"),
+    "vmap-scan": cohort.Execution(parallelism="vmap", step_loop="scan"),
+    "vmap-python": cohort.Execution(parallelism="vmap", step_loop="python"),
+    "vmap-scan-chunk3": cohort.Execution(parallelism="vmap", step_loop="scan", chunk_size=3),
+    "vmap-python-chunk3": cohort.Execution(parallelism="vmap", step_loop="python", chunk_size=3),
+    "vmap-scan-4dev": cohort.Execution(parallelism="vmap", step_loop="scan", num_devices=4),
+}
+
+
+def test_cohort_size():
+  assert cohort_size(100, 0.1) == 10
+  assert cohort_size(20, 0.01) == 1
+  assert cohort_size(7, 1.0) == 7
+  assert cohort_size(10, 0.3) == 3
+
+
+def test_fedobp_quantile_one_equals_fedavg_round_for_round():
+  sim_avg, p0 = make_sim("fedavg")
+  sim_obp, _ = make_sim("fedobp", FedOBPConfig(quantile=1.0))
+  _, h_avg = run_rounds(sim_avg, p0, 3)
+  _, h_obp = run_rounds(sim_obp, p0, 3)
+  for (s_avg, _), (s_obp, m_obp) in zip(h_avg, h_obp):
+    chex.assert_trees_all_close(s_avg.server, s_obp.server, rtol=1e-6, atol=1e-7)
+    assert m_obp["personalized_fraction"] == 0.0
+  e_avg, e_obp = sim_avg.evaluate(h_avg[-1][0]), sim_obp.evaluate(h_obp[-1][0])
+  assert e_avg["accuracy"] == pytest.approx(e_obp["accuracy"])
+  assert e_avg["loss"] == pytest.approx(e_obp["loss"], rel=1e-5)
+
+
+def test_fedobp_personalizes_about_one_minus_q():
+  sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.9, norm="none"))
+  state, history = run_rounds(sim, p0, 3)
+  frac = history[-1][1]["personalized_fraction"]
+  num = sum(a.size for a in jax.tree.leaves(p0))
+  # Linear interpolation: exactly P - 1 - floor(q (P - 1)) entries lie above tau.
+  assert frac == pytest.approx((num - 1 - np.floor(0.9 * (num - 1))) / num, rel=1e-5)
+  # Clients evaluated with merged models: never equal to the pure global model.
+  merged = sim.algorithm.personalize(state.server, jax.tree.map(lambda a: a[0], state.clients))
+  diff = sum(float(jnp.sum(m != g)) for m, g in zip(jax.tree.leaves(merged),
+                                                    jax.tree.leaves(state.server)))
+  assert diff > 0
+
+
+def test_fedobp_never_selected_client_uses_initial_model():
+  sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.5), participation=0.125)
+  state, _ = run_rounds(sim, p0, 1)
+  picked = set(sim.cohort(0).tolist())
+  other = next(i for i in range(sim.num_clients) if i not in picked)
+  last = jax.tree.map(lambda a: a[other], state.clients.last)
+  chex.assert_trees_all_equal(last, p0)
+
+
+def test_local_only_never_mixes_clients():
+  """Client 0's model does not change when every other client's labels do."""
+  sim_a, p0 = make_sim("local", data=tiny_data(), participation=1.0)
+  sim_b, _ = make_sim("local", data=tiny_data(label_seed=123), participation=1.0)
+  state_a, _ = run_rounds(sim_a, p0, 2)
+  state_b, _ = run_rounds(sim_b, p0, 2)
+  client0 = lambda s: jax.tree.map(lambda a: a[0], s.clients)
+  chex.assert_trees_all_equal(client0(state_a), client0(state_b))
+  other = lambda s: jax.tree.map(lambda a: a[2], s.clients)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other(state_a)),
+                                                      jax.tree.leaves(other(state_b))))
+
+
+def test_fedavg_mixes_clients():
+  sim_a, p0 = make_sim("fedavg", data=tiny_data(), participation=1.0)
+  sim_b, _ = make_sim("fedavg", data=tiny_data(label_seed=123), participation=1.0)
+  state_a, _ = run_rounds(sim_a, p0, 1)
+  state_b, _ = run_rounds(sim_b, p0, 1)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state_a.server),
+                                                      jax.tree.leaves(state_b.server)))
+
+
+def test_deterministic():
+  sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8))
+  s1, h1 = run_rounds(sim, p0, 2)
+  sim2, _ = make_sim("fedobp", FedOBPConfig(quantile=0.8))
+  s2, h2 = run_rounds(sim2, p0, 2)
+  chex.assert_trees_all_equal(s1.server, s2.server)
+  chex.assert_trees_all_equal(s1.clients, s2.clients)
+  assert h1[-1][1] == h2[-1][1]
+
+
+@pytest.mark.parametrize("name", sorted(EXECUTIONS))
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedobp"])
+def test_execution_strategy_invariance(name, algorithm):
+  """Same results for vmap/sequential, scan/python, chunking+padding, 4 devices."""
+  cfg = FedOBPConfig(quantile=0.8) if algorithm == "fedobp" else None
+  ref_sim, p0 = make_sim(algorithm, cfg, execution=SEQ_PY)
+  sim, _ = make_sim(algorithm, cfg, execution=EXECUTIONS[name])
+  ref, ref_hist = run_rounds(ref_sim, p0, 2)
+  got, got_hist = run_rounds(sim, p0, 2)
+  chex.assert_trees_all_close(ref.server, got.server, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(ref.clients, got.clients, rtol=1e-4, atol=1e-5)
+  assert ref_hist[-1][1]["train_loss"] == pytest.approx(got_hist[-1][1]["train_loss"], rel=1e-4)
+  e_ref, e_got = ref_sim.evaluate(ref), sim.evaluate(got)
+  assert e_ref["accuracy"] == pytest.approx(e_got["accuracy"])
+  assert e_ref["loss"] == pytest.approx(e_got["loss"], rel=1e-4)
+
+
+def test_cohort_order_invariance(monkeypatch):
+  sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8), participation=0.5)
+  ref, _ = run_rounds(sim, p0, 2)
+  sim_rev, _ = make_sim("fedobp", FedOBPConfig(quantile=0.8), participation=0.5)
+  original = sim_rev.cohort
+  monkeypatch.setattr(sim_rev, "cohort", lambda t: original(t)[::-1].copy())
+  got, _ = run_rounds(sim_rev, p0, 2)
+  chex.assert_trees_all_close(ref.server, got.server, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(ref.clients, got.clients, rtol=1e-5, atol=1e-6)
+
+
+def test_cohort_padding_gets_zero_weight():
+  ex = cohort.Executor(cohort.Execution(parallelism="vmap", chunk_size=3), num_clients=8)
+  ids, valid = ex.pad_cohort(np.array([1, 4, 5, 7]))
+  assert ids.tolist() == [1, 4, 5, 7, 8, 8] and valid.tolist() == [True] * 4 + [False] * 2
+  stacked = jnp.arange(8.0)
+  out = cohort.scatter(stacked, jnp.asarray(ids), jnp.full(6, -1.0), jnp.asarray(valid))
+  assert out.tolist() == [0, -1, 2, 3, -1, -1, 6, -1]
+
+
+def test_no_retracing_across_rounds():
+  sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8),
+                     execution=cohort.Execution(parallelism="vmap", step_loop="python"))
+  run_rounds(sim, p0, 3)
+  jitted = sim.executor._compiled[(id(sim.task), True)]
+  assert all(f._cache_size() == 1 for f in jitted if f._cache_size())
+  assert sim._finish_round._cache_size() == 1
+  sim2, _ = make_sim("fedavg", execution=EXECUTIONS["vmap-scan"])
+  run_rounds(sim2, p0, 3)
+  assert sim2._fused_round._cache_size() == 1
+
+
+def test_evaluate_matches_numpy_reference():
+  sim, p0 = make_sim("fedavg")
+  state = sim.init(p0)
+  ev = sim.evaluate(state)
+  data = tiny_data()
+  logits = np.asarray(sim.apply_fn(p0, data.x))
+  correct = np.zeros(sim.num_clients)
+  for i in range(sim.num_clients):
+    idx = data.test_idx[i, :data.test_counts[i]]
+    correct[i] = np.sum(logits[idx].argmax(-1) == data.y[idx])
+  assert ev["accuracy"] == pytest.approx(correct.sum() / data.test_counts.sum())
+  assert ev["client_mean_accuracy"] == pytest.approx(np.mean(correct / data.test_counts))
+
+
+def test_summarize_eval_handles_empty_clients():
+  m = summarize_eval(np.array([3.0, 0.0, 1.0]), np.array([1.0, 0.0, 2.0]), np.array([4, 0, 2]))
+  assert m["accuracy"] == pytest.approx(4 / 6)
+  assert m["client_mean_accuracy"] == pytest.approx((0.75 + 0.5) / 2)
+  assert m["client_accuracy"][1] is None

@@ -1,0 +1,75 @@
+"""Shared test fixtures: a tiny synthetic federated dataset and simulation builder."""
+
+import dataclasses
+
+import numpy as np
+
+from fedjax_pfl import algorithms
+from fedjax_pfl.core import cohort
+from fedjax_pfl.core.local import LocalSpec, make_optimizer
+from fedjax_pfl.core.rounds import Simulation
+from fedjax_pfl.data import FederatedData, pad_indices
+from fedjax_pfl.models.base import from_flax
+from fedjax_pfl.models.mlp import MLP
+
+
+def tiny_data(num_clients=8, seed=0, sizes=None, num_classes=3, label_seed=None):
+  """Synthetic federated data: 4x4x1 inputs, client-specific label skew.
+
+  Client sizes vary (one client has a single train example, so its only batch
+  is skipped); ``label_seed`` redraws labels of every client but client 0.
+  """
+  rng = np.random.default_rng(seed)
+  sizes = sizes or [int(s) for s in rng.integers(6, 20, num_clients)]
+  sizes[1] = 1 + 3  # 1 train example after the 3 test examples below
+  train_lists, test_lists, xs, ys, start = [], [], [], [], 0
+  for i, n in enumerate(sizes):
+    x = rng.normal(size=(n, 4, 4, 1)).astype(np.float32)
+    y = (rng.integers(0, 2, n) + i) % num_classes
+    if label_seed is not None and i != 0:
+      y = np.random.default_rng(label_seed + i).integers(0, num_classes, n)
+    x[np.arange(n), y, 0, 0] += 2.0
+    xs.append(x)
+    ys.append(y.astype(np.int32))
+    ids = np.arange(start, start + n)
+    test_lists.append(ids[:3])
+    train_lists.append(ids[3:])
+    start += n
+  train_idx, train_counts = pad_indices(train_lists)
+  test_idx, test_counts = pad_indices(test_lists)
+  return FederatedData(np.concatenate(xs), np.concatenate(ys), train_idx, train_counts,
+                       test_idx, test_counts, num_classes, "tiny")
+
+
+def tiny_model(num_classes=3):
+  return from_flax("mlp", MLP(num_classes=num_classes, hidden=(8,)), (4, 4, 1), num_classes)
+
+
+def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, participation=0.5,
+             epochs=2, batch_size=4, lr=0.1, momentum=0.5, seed=0):
+  data = data or tiny_data()
+  model = tiny_model(data.num_classes)
+  import jax
+  params0 = model.init(jax.random.key(seed))
+
+  spec = LocalSpec(model.apply, make_optimizer(lr, momentum), epochs, batch_size,
+                   int(data.train_idx.shape[1]))
+  entry = algorithms.REGISTRY[name]
+  alg = entry.build(algo_config or entry.config_cls(), spec=spec, params=params0)
+  execution = execution or cohort.Execution()
+  sim = Simulation(alg, model.apply, data, seed=seed, participation=participation,
+                   execution=execution, eval_batch_size=2)
+  return sim, params0
+
+
+def run_rounds(sim, params0, rounds):
+  state = sim.init(params0)
+  history = []
+  for _ in range(rounds):
+    state, metrics = sim.run_round(state)
+    history.append((state, metrics))
+  return state, history
+
+
+def replace(obj, **kw):
+  return dataclasses.replace(obj, **kw)
