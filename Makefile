@@ -16,7 +16,8 @@ venv: $(STAMP)
 
 # The main job: FedOBP vs FedAvg vs Local-Only on the embedded digits dataset.
 run: $(STAMP)
-	$(BIN)/fedjax-pfl compare --dataset digits --workdir runs/digits-compare
+	$(BIN)/fedjax-pfl compare --algorithms fedobp,fedavg,local --dataset digits --clients 20 \
+	  --alpha 0.1 --participation 0.25 --rounds 60 --eval-every 10 --workdir runs/digits-compare
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

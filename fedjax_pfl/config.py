@@ -11,10 +11,7 @@ import typing
 from typing import Any
 
 from fedjax_pfl import algorithms
-
-
-class ConfigError(ValueError):
-  """An invalid configuration value (names the field and the allowed range)."""
+from fedjax_pfl.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

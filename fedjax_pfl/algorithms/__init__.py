@@ -14,11 +14,19 @@ from typing import Any
 
 from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core.algorithm import Algorithm
+from fedjax_pfl.errors import ConfigError
 
 _MODULES = [
     "fedavg",
     "local_only",
     "fedobp",
+    "fedper",
+    "fedrep",
+    "lgfedavg",
+    "ditto",
+    "apfl",
+    "pfedme",
+    "fedala",
 ]
 
 REGISTRY: dict[str, AlgorithmSpec] = {}
@@ -33,12 +41,12 @@ def canonical_name(name: str) -> str:
   """Registry name for ``name`` (case-insensitive, aliases resolved).
 
   Raises:
-    ValueError: naming the allowed algorithms.
+    ConfigError: naming the allowed algorithms.
   """
   key = name.lower().replace("-", "_")
   key = ALIASES.get(key, key)
   if key not in REGISTRY:
-    raise ValueError(f"algorithm={name!r}; allowed: {sorted(REGISTRY)}")
+    raise ConfigError(f"algorithm={name!r}; allowed: {sorted(REGISTRY)}")
   return key
 
 

@@ -241,7 +241,8 @@ def load_federated(
     keep = np.sort(np.random.default_rng([seed, 1]).choice(y.size, max_examples, replace=False))
     x, y, is_test = x[keep], y[keep], is_test[keep]
   if num_clients > y.size:
-    raise ValueError(f"num_clients={num_clients} exceeds the {y.size} available examples")
+    raise partition_lib.PartitionError(f"data.num_clients={num_clients} exceeds the {y.size} available "
+                         f"examples of {dataset!r}; allowed: 1..{y.size}")
   rng = np.random.default_rng(seed)
   train_lists, test_lists = PARTITIONS[partition](y, is_test, opts, rng)
   train_idx, train_counts = pad_indices(train_lists)
