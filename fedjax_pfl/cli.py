@@ -6,6 +6,7 @@ status 2 before any compute.
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 
@@ -65,11 +66,27 @@ def build_config(args: argparse.Namespace, algorithm: str) -> config_lib.Experim
   return config_lib.validate(config_lib.apply_overrides(config, args.overrides))
 
 
+def _resume_config(args) -> config_lib.ExperimentConfig:
+  path = os.path.join(args.resume, "config.json")
+  if not os.path.exists(path):
+    raise config_lib.ConfigError(f"--resume {args.resume}: no config.json there; allowed: the "
+                                 "workdir of an earlier run")
+  with open(path) as f:
+    config = config_lib.from_dict(json.load(f))
+  return config_lib.validate(config_lib.apply_overrides(config, args.overrides))
+
+
 def _run(args) -> int:
   from fedjax_pfl import experiment
-  config = build_config(args, args.algorithm)
-  workdir = args.workdir or os.path.join("runs", f"{config.data.dataset}-{config.algorithm}")
-  summary = experiment.run(config, workdir, progress=not args.no_progress)
+  if args.resume:
+    config, workdir = _resume_config(args), args.resume
+  else:
+    if not args.algorithm:
+      raise config_lib.ConfigError("--algorithm is required (or --resume WORKDIR)")
+    config = build_config(args, args.algorithm)
+    workdir = args.workdir or os.path.join("runs", f"{config.data.dataset}-{config.algorithm}")
+  summary = experiment.run(config, workdir, progress=not args.no_progress,
+                           resume=bool(args.resume))
   print(format_table([summary]))
   print(f"results: {workdir}")
   return 0
@@ -113,7 +130,10 @@ def make_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="fedjax-pfl", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
   run = sub.add_parser("run", help="run one algorithm")
-  run.add_argument("--algorithm", required=True, help="e.g. fedobp, fedavg, local")
+  run.add_argument("--algorithm", help="e.g. fedobp, fedavg, local (see `list`)")
+  run.add_argument("--resume", metavar="WORKDIR", default=None,
+                   help="continue the run in WORKDIR from its latest checkpoint (with its "
+                        "config.json; --set may change fields, e.g. train.rounds)")
   _add_common(run)
   run.set_defaults(func=_run)
   cmp = sub.add_parser("compare", help="run several algorithms on the same data")
@@ -128,11 +148,15 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   args = make_parser().parse_args(argv)
   from fedjax_pfl.data import DataError, PartitionError
+  from fedjax_pfl.experiment import DivergenceError
   try:
     return args.func(args)
   except (config_lib.ConfigError, DataError, PartitionError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except DivergenceError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ class TrainConfig:
   seed: int = 0
   eval_every: int = 10
   eval_batch_size: int = 256
+  checkpoint_every: int = 10
+  keep_checkpoints: int = 3
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -114,6 +116,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
   _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
   _check(t.eval_every >= 1, "train.eval_every", t.eval_every, ">= 1")
   _check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, ">= 1")
+  _check(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every,
+         ">= 0 (0: only at the end)")
+  _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, ">= 1")
   _check(s.parallelism in ("auto", "vmap", "sequential"), "system.parallelism",
          s.parallelism, "auto, vmap, sequential")
   _check(s.step_loop in ("auto", "scan", "python"), "system.step_loop", s.step_loop,

@@ -80,38 +80,66 @@ def summary_markdown(summary: dict) -> str:
 
 
 def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = True,
-        on_eval: Callable[[dict], None] | None = None) -> dict:
-  """Runs one experiment; returns the summary dict.
+        resume: bool = False, on_eval: Callable[[dict], None] | None = None,
+        on_round: Callable[[int], None] | None = None) -> dict:
+  """Runs one experiment, or continues it from its latest checkpoint.
+
+  Args:
+    config: the experiment (validated here, before any compute).
+    workdir: output folder (``config.json``, ``metrics.jsonl``, ``summary.*``,
+      ``checkpoints/``).
+    progress: show a progress bar.
+    resume: continue from ``workdir``'s latest checkpoint if there is one; the
+      final results equal those of an uninterrupted run.
+    on_eval: called with each evaluation record.
+    on_round: called with the round number after each round (tests use it).
+
+  Returns:
+    The summary dict (also in ``summary.json``).
 
   Raises:
     ConfigError: invalid config (before any compute).
     DataError / PartitionError: missing or corrupt data, impossible partition.
+    DivergenceError: NaN/Inf loss; the last good checkpoint is kept.
   """
+  from fedjax_pfl.checkpoint import Checkpointer
   config_lib.validate(config)
   data = load_data(config.data)
   sim, params0 = build_simulation(config, data)
   os.makedirs(workdir, exist_ok=True)
   io.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
-  state = sim.init(params0)
   t = config.train
-  records: list[dict] = []
-  start = time.perf_counter()
-  bar = _progress(t.rounds, config.algorithm, progress)
-  round_metrics: dict = {}
-  while state.round < t.rounds:
-    state, round_metrics = sim.run_round(state)
-    if state.round % t.eval_every == 0 or state.round == t.rounds:
-      ev = sim.evaluate(state)
-      record = {"round": state.round, "seconds": round(time.perf_counter() - start, 3),
-                **{k: v for k, v in round_metrics.items()}, **ev}
-      _check_finite(record)
-      records.append(record)
-      io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
-      if on_eval:
-        on_eval(record)
-      bar.set_postfix(acc=f"{ev['accuracy']:.4f}", refresh=False)
-    bar.update(1)
-  bar.close()
+  ckpt = Checkpointer(workdir, keep=t.keep_checkpoints)
+  state, records = sim.init(params0), []
+  if resume:
+    restored = ckpt.restore(state)
+    if restored is not None:
+      state, records = restored
+  io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
+  start = time.perf_counter() - (records[-1]["seconds"] if records else 0.0)
+  bar = _progress(t.rounds, config.algorithm, progress, initial=state.round)
+  try:
+    while state.round < t.rounds:
+      state, round_metrics = sim.run_round(state)
+      _check_finite(round_metrics, state.round)
+      last = state.round == t.rounds
+      if state.round % t.eval_every == 0 or last:
+        record = {"round": state.round, "seconds": round(time.perf_counter() - start, 3),
+                  **round_metrics, **sim.evaluate(state)}
+        _check_finite(record, state.round)
+        records.append(record)
+        io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
+        if on_eval:
+          on_eval(record)
+        bar.set_postfix(acc=f"{record['accuracy']:.4f}", refresh=False)
+      if last or (t.checkpoint_every and state.round % t.checkpoint_every == 0):
+        ckpt.save(state, records)
+      bar.update(1)
+      if on_round:
+        on_round(state.round)
+  finally:
+    bar.close()
+    ckpt.close()
   summary = _summary(config, records, time.perf_counter() - start)
   io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   io.write_text_atomic(os.path.join(workdir, "summary.md"), summary_markdown(summary))
@@ -122,13 +150,14 @@ class DivergenceError(RuntimeError):
   """Loss or accuracy became NaN/Inf."""
 
 
-def _check_finite(record: dict) -> None:
+def _check_finite(metrics: dict, round_idx: int) -> None:
   for key in ("loss", "train_loss"):
-    if key in record and not math.isfinite(record[key]):
-      raise DivergenceError(f"{key} is {record[key]} at round {record['round']}: the run "
-                            "diverged (try a smaller train.lr)")
+    if key in metrics and not math.isfinite(metrics[key]):
+      raise DivergenceError(f"{key} is {metrics[key]} at round {round_idx}: the run diverged "
+                            "(try a smaller train.lr); the last good checkpoint is kept")
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
   from tqdm.auto import tqdm
-  return tqdm(total=total, desc=desc, unit="round", disable=not enabled, dynamic_ncols=True)
+  return tqdm(total=total, initial=initial, desc=desc, unit="round", disable=not enabled,
+              dynamic_ncols=True)
