@@ -1,4 +1,4 @@
-"""Command line: ``fedjax-pfl run``, ``fedjax-pfl compare``, ``fedjax-pfl list``.
+"""Command line: ``fedjax-pfl run | compare | report | list``.
 
 Invalid values stop with ``error: <field>=<value> ...; allowed: ...`` and exit
 status 2 before any compute.
@@ -119,6 +119,17 @@ def format_table(summaries: list[dict]) -> str:
   return "\n".join([head, *rows])
 
 
+def _report(args) -> int:
+  from fedjax_pfl.plots import report
+  try:
+    table = report(args.workdirs, args.out)
+  except FileNotFoundError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  print(table)
+  print(f"report: {os.path.join(args.out, 'report.md')}, {os.path.join(args.out, 'report.png')}")
+  return 0
+
+
 def _list(args) -> int:
   del args
   for name, spec in sorted(algorithms.REGISTRY.items()):
@@ -140,6 +151,10 @@ def make_parser() -> argparse.ArgumentParser:
   cmp.add_argument("--algorithms", default="fedobp,fedavg,local")
   _add_common(cmp)
   cmp.set_defaults(func=_compare)
+  rep = sub.add_parser("report", help="compare finished runs: one table and one plot")
+  rep.add_argument("workdirs", nargs="+", metavar="WORKDIR")
+  rep.add_argument("--out", default="runs/report", help="output folder (default runs/report)")
+  rep.set_defaults(func=_report)
   lst = sub.add_parser("list", help="list algorithms")
   lst.set_defaults(func=_list)
   return parser

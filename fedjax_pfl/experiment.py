@@ -1,7 +1,9 @@
 """The run loop: config -> data -> model -> algorithm -> rounds -> results.
 
 Outputs in ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON object per
-evaluation), ``summary.json`` and ``summary.md``; all written atomically.
+evaluation), ``summary.json``, ``summary.md``, ``checkpoints/`` and the PNG plots
+``accuracy.png``, ``loss.png``, ``client_accuracy_hist.png``; all written
+atomically.
 """
 
 import math
@@ -143,6 +145,8 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
   summary = _summary(config, records, time.perf_counter() - start)
   io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   io.write_text_atomic(os.path.join(workdir, "summary.md"), summary_markdown(summary))
+  from fedjax_pfl.plots import plot_run
+  plot_run(workdir)
   return summary
 
 

@@ -1,0 +1,96 @@
+"""PNG plots of runs (matplotlib, Agg backend) and the multi-run report."""
+
+import json
+import os
+from typing import Sequence
+
+from fedjax_pfl import io
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _save(fig, path: str) -> None:
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110, bbox_inches="tight")
+  os.replace(tmp, path)
+
+
+def plot_run(workdir: str) -> list[str]:
+  """Writes ``accuracy.png``, ``loss.png`` and ``client_accuracy_hist.png``
+  from ``workdir/metrics.jsonl``; returns the paths written."""
+  records = io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  if not records:
+    return []
+  plt = _plt()
+  rounds = [r["round"] for r in records]
+  paths = []
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot(rounds, [100 * r["accuracy"] for r in records], marker="o", label="pooled")
+  ax.plot(rounds, [100 * r["client_mean_accuracy"] for r in records], marker="s",
+          label="client mean")
+  ax.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  paths.append(os.path.join(workdir, "accuracy.png"))
+  _save(fig, paths[-1])
+  plt.close(fig)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot(rounds, [r["loss"] for r in records], marker="o", label="test loss (pooled)")
+  if "train_loss" in records[0]:
+    ax.plot(rounds, [r["train_loss"] for r in records], marker="s", label="train loss (cohort)")
+  ax.set(xlabel="round", ylabel="cross-entropy", title="Loss")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  paths.append(os.path.join(workdir, "loss.png"))
+  _save(fig, paths[-1])
+  plt.close(fig)
+  accs = [100 * a for a in records[-1]["client_accuracy"] if a is not None]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.hist(accs, bins=20, range=(0, 100))
+  ax.set(xlabel="test accuracy (%)", ylabel="clients",
+         title=f"Per-client accuracy at round {records[-1]['round']}")
+  paths.append(os.path.join(workdir, "client_accuracy_hist.png"))
+  _save(fig, paths[-1])
+  plt.close(fig)
+  return paths
+
+
+def report(workdirs: Sequence[str], out: str) -> str:
+  """Compares runs: ``out/report.md`` (one table) and ``out/report.png``
+  (pooled accuracy over rounds). Returns the Markdown table.
+
+  Raises:
+    FileNotFoundError: a workdir without ``summary.json`` (not finished).
+  """
+  from fedjax_pfl.cli import format_table
+  summaries, curves = [], []
+  for w in workdirs:
+    path = os.path.join(w, "summary.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{w}: no summary.json (run not finished or not a workdir)")
+    with open(path) as f:
+      summaries.append({**json.load(f), "workdir": w})
+    curves.append(io.read_jsonl(os.path.join(w, "metrics.jsonl")))
+  table = format_table(summaries)
+  rows = "\n".join(f"| {s['algorithm']} | `{s['workdir']}` |" for s in summaries)
+  os.makedirs(out, exist_ok=True)
+  io.write_text_atomic(os.path.join(out, "report.md"),
+                       f"# Report\n\n{table}\n\n| algorithm | workdir |\n|---|---|\n{rows}\n")
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for s, recs in zip(summaries, curves):
+    name = os.path.basename(os.path.normpath(s["workdir"]))
+    label = s["algorithm"] if name == s["algorithm"] else f"{s['algorithm']} ({name})"
+    ax.plot([r["round"] for r in recs], [100 * r["accuracy"] for r in recs], marker="o",
+            label=label)
+  ax.set(xlabel="round", ylabel="pooled test accuracy (%)", title="Accuracy by run")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  _save(fig, os.path.join(out, "report.png"))
+  plt.close(fig)
+  return table
