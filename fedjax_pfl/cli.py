@@ -42,6 +42,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                  metavar="SECTION.FIELD=VALUE", help="any other config field (repeatable)")
   p.add_argument("--workdir", default=None, help="output folder (default runs/<name>)")
   p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  g = p.add_argument_group("multi-process (jax.distributed)")
+  g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                 help="coordinator address; starts jax.distributed with the two flags below")
+  g.add_argument("--num-processes", type=int, default=None)
+  g.add_argument("--process-id", type=int, default=None)
+  g.add_argument("--distributed", action="store_true",
+                 help="jax.distributed.initialize() from the environment (SLURM, TPU, ...)")
 
 
 def build_config(args: argparse.Namespace, algorithm: str) -> config_lib.ExperimentConfig:
@@ -130,6 +137,25 @@ def _report(args) -> int:
   return 0
 
 
+def _memory(args) -> int:
+  from fedjax_pfl.scaling import format_bytes, memory_estimate
+  try:
+    est = memory_estimate(algorithm=args.algorithm, dataset=args.dataset,
+                          num_clients=args.clients, devices=args.devices,
+                          participation=args.participation, batch_size=args.batch_size,
+                          model=args.model)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  print(f"{est['algorithm']} on {est['dataset']} ({est['model']}, {est['params']:,} params), "
+        f"N={est['num_clients']:,} clients, {est['devices']} device(s)")
+  for key in ("server_bytes", "client_state_bytes", "client_state_per_device", "data_bytes",
+              "step_working_bytes", "total_per_device"):
+    print(f"  {key:24s} {format_bytes(est[key])}")
+  print(f"  client state split over devices: {est['client_state_sharded']}; clients in "
+        f"flight per device: {est['cohort_per_device']}")
+  return 0
+
+
 def _list(args) -> int:
   del args
   for name, spec in sorted(algorithms.REGISTRY.items()):
@@ -155,9 +181,34 @@ def make_parser() -> argparse.ArgumentParser:
   rep.add_argument("workdirs", nargs="+", metavar="WORKDIR")
   rep.add_argument("--out", default="runs/report", help="output folder (default runs/report)")
   rep.set_defaults(func=_report)
+  mem = sub.add_parser("memory", help="memory needed per device for N clients")
+  mem.add_argument("--algorithm", default="fedobp")
+  mem.add_argument("--dataset", default="fashion_mnist")
+  mem.add_argument("--clients", type=int, default=100)
+  mem.add_argument("--devices", type=int, default=1)
+  mem.add_argument("--participation", type=float, default=0.1)
+  mem.add_argument("--batch-size", type=int, default=32)
+  mem.add_argument("--model", default="auto")
+  mem.set_defaults(func=_memory)
   lst = sub.add_parser("list", help="list algorithms")
   lst.set_defaults(func=_list)
   return parser
+
+
+def init_distributed(args) -> None:
+  """Starts JAX's distributed runtime when asked (before any other JAX call)."""
+  if getattr(args, "coordinator", None):
+    if args.num_processes is None or args.process_id is None:
+      raise config_lib.ConfigError("--coordinator needs --num-processes and --process-id")
+    if not 0 <= args.process_id < args.num_processes:
+      raise config_lib.ConfigError(f"--process-id={args.process_id}; allowed: "
+                                   f"0..{args.num_processes - 1}")
+    import jax
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id)
+  elif getattr(args, "distributed", False):
+    import jax
+    jax.distributed.initialize()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
   from fedjax_pfl.data import DataError, PartitionError
   from fedjax_pfl.experiment import DivergenceError
   try:
+    init_distributed(args)
     return args.func(args)
   except (config_lib.ConfigError, DataError, PartitionError) as e:
     print(f"error: {e}", file=sys.stderr)

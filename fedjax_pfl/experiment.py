@@ -11,6 +11,8 @@ import os
 import time
 from typing import Any, Callable
 
+import jax
+
 from fedjax_pfl import algorithms, io
 from fedjax_pfl import config as config_lib
 from fedjax_pfl.core import cohort, rng
@@ -108,18 +110,21 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
   config_lib.validate(config)
   data = load_data(config.data)
   sim, params0 = build_simulation(config, data)
+  writer = jax.process_index() == 0  # only process 0 writes files (orbax coordinates itself)
   os.makedirs(workdir, exist_ok=True)
-  io.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
+  if writer:
+    io.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
   t = config.train
   ckpt = Checkpointer(workdir, keep=t.keep_checkpoints)
   state, records = sim.init(params0), []
   if resume:
     restored = ckpt.restore(state)
     if restored is not None:
-      state, records = restored
-  io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
+      state, records = sim.place(restored[0]), restored[1]
+  if writer:
+    io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
   start = time.perf_counter() - (records[-1]["seconds"] if records else 0.0)
-  bar = _progress(t.rounds, config.algorithm, progress, initial=state.round)
+  bar = _progress(t.rounds, config.algorithm, progress and writer, initial=state.round)
   try:
     while state.round < t.rounds:
       state, round_metrics = sim.run_round(state)
@@ -130,7 +135,8 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
                   **round_metrics, **sim.evaluate(state)}
         _check_finite(record, state.round)
         records.append(record)
-        io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
+        if writer:
+          io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
         if on_eval:
           on_eval(record)
         bar.set_postfix(acc=f"{record['accuracy']:.4f}", refresh=False)
@@ -143,10 +149,11 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
     bar.close()
     ckpt.close()
   summary = _summary(config, records, time.perf_counter() - start)
-  io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-  io.write_text_atomic(os.path.join(workdir, "summary.md"), summary_markdown(summary))
-  from fedjax_pfl.plots import plot_run
-  plot_run(workdir)
+  if writer:
+    io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    io.write_text_atomic(os.path.join(workdir, "summary.md"), summary_markdown(summary))
+    from fedjax_pfl.plots import plot_run
+    plot_run(workdir)
   return summary
 
 

@@ -55,18 +55,23 @@ class Execution:
     if self.chunk_size is not None and self.chunk_size < 1:
       raise ValueError(f"system.chunk_size={self.chunk_size}; allowed: >= 1 or None")
     if self.num_devices is not None:
-      have = jax.local_device_count()
+      have = jax.device_count()
       if not 1 <= self.num_devices <= have:
         raise ValueError(f"system.num_devices={self.num_devices}; allowed: 1..{have}")
+    if jax.process_count() > 1 and (self.parallelism, self.step_loop) != ("vmap", "scan"):
+      raise ValueError(f"system.parallelism={self.parallelism!r}, system.step_loop="
+                       f"{self.step_loop!r} with {jax.process_count()} processes; allowed: "
+                       "vmap + scan (the whole round is one program over the global mesh)")
 
 
 def default_execution(backend: str | None = None) -> Execution:
   """Measured default per backend: CPU one client at a time, Python-stepped;
-  accelerators vmap + scan with the cohort sharded over all local devices."""
+  accelerators (and any multi-process run) vmap + scan with the cohort sharded
+  over every device of every process."""
   backend = backend or jax.default_backend()
-  if backend == "cpu":
+  if backend == "cpu" and jax.process_count() == 1:
     return Execution(parallelism="sequential", step_loop="python")
-  return Execution(parallelism="vmap", step_loop="scan", num_devices=jax.local_device_count())
+  return Execution(parallelism="vmap", step_loop="scan", num_devices=jax.device_count())
 
 
 class ClientTask(NamedTuple):
@@ -136,9 +141,41 @@ class Executor:
     self.num_clients = num_clients
     n_dev = execution.num_devices or 1
     self.mesh = None
-    if execution.parallelism == "vmap" and n_dev > 1:
-      self.mesh = Mesh(np.array(jax.local_devices()[:n_dev]), (CLIENT_AXIS,))
+    if execution.parallelism == "vmap" and (n_dev > 1 or jax.process_count() > 1):
+      # Every device of every process (jax.devices() is global under jax.distributed).
+      self.mesh = Mesh(np.array(jax.devices()[:n_dev]), (CLIENT_AXIS,))
     self._compiled: dict[Any, Any] = {}
+
+  def replicated(self):
+    """Sharding of server state and data (None without a mesh)."""
+    return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
+
+  def client_sharding(self):
+    """Sharding of the stacked ``[N, ...]`` client state: split over the
+    ``clients`` axis when ``N`` is a multiple of the device count, else
+    replicated."""
+    if self.mesh is None:
+      return None
+    if self.num_clients % self.mesh.size == 0:
+      return NamedSharding(self.mesh, PartitionSpec(CLIENT_AXIS))
+    return self.replicated()
+
+  def put(self, tree: PyTree, sharding=None) -> PyTree:
+    """Places ``tree`` as global arrays (replicated by default) on the mesh;
+    identity without a mesh. Every process must pass the same values."""
+    if self.mesh is None:
+      return tree
+    sharding = sharding or self.replicated()
+
+    def leaf(x):
+      if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x if x.sharding == sharding else jax.device_put(x, sharding)
+      if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+      # A global sharding takes host values (the same on every process).
+      return jax.device_put(np.asarray(x), sharding)
+    return jax.tree.map(leaf, tree)
 
   @property
   def fused(self) -> bool:

@@ -65,9 +65,9 @@ class Simulation:
     self.cohort_size = cohort_size(self.num_clients, participation)
     self.train_counts = np.asarray(data.train_counts)
     self.test_counts = np.asarray(data.test_counts)
-    self.data = cohort_lib.DeviceData(*(jnp.asarray(a) for a in (
-        data.x, data.y, data.train_idx, data.train_counts, data.test_idx, data.test_counts)))
     self.executor = cohort_lib.Executor(execution, self.num_clients)
+    self.data = self.executor.put(cohort_lib.DeviceData(*(jnp.asarray(a) for a in (
+        data.x, data.y, data.train_idx, data.train_counts, data.test_idx, data.test_counts))))
     self.eval_batch_size = int(eval_batch_size)
     root = rng.root_key(seed)
     self.init_key = rng.stream_key(root, "init")
@@ -77,8 +77,13 @@ class Simulation:
     self._sample = jax.jit(rng.sample_cohort, static_argnums=(2, 3))
     self._round_key = jax.jit(jax.random.fold_in)
     self._finish_round = jax.jit(self._aggregate_and_scatter)
-    self._fused_round = jax.jit(self._fused)
-    self._eval_traced = jax.jit(self._evaluate_traced)
+    rep, by_client = self.executor.replicated(), self.executor.client_sharding()
+    if rep is None:
+      self._fused_round = jax.jit(self._fused)
+      self._eval_traced = jax.jit(self._evaluate_traced)
+    else:  # outputs the host can read on every process; client state split over clients
+      self._fused_round = jax.jit(self._fused, out_shardings=(rep, by_client, rep))
+      self._eval_traced = jax.jit(self._evaluate_traced, out_shardings=rep)
 
   # -- per-client pieces ----------------------------------------------------
   def _make_task(self) -> cohort_lib.ClientTask:
@@ -105,7 +110,14 @@ class Simulation:
   def init(self, params: PyTree) -> SimState:
     """Initial state from the initial model ``params`` (theta^0)."""
     server, clients = self.algorithm.init(params, self.num_clients)
-    return SimState(server, clients, 0)
+    return self.place(SimState(server, clients, 0))
+
+  def place(self, state: SimState) -> SimState:
+    """Puts a state on the mesh (server replicated, clients split); identity
+    without a mesh. Used for initial and restored states."""
+    ex = self.executor
+    return SimState(ex.put(state.server), ex.put(state.clients, ex.client_sharding()),
+                    state.round)
 
   def cohort(self, round_idx: int) -> np.ndarray:
     """Sorted client ids of round ``round_idx`` (host numpy, ``[C]``)."""
@@ -127,8 +139,9 @@ class Simulation:
     ids, valid = self.executor.pad_cohort(self.cohort(state.round))
     round_key = self._round_key(self.train_key, state.round)
     if self.executor.fused:
-      server, clients, metrics = self._fused_round(state.server, state.clients, ids, valid,
-                                                   round_key)
+      ids_, valid_, key_ = self.executor.put((ids, valid, round_key))
+      server, clients, metrics = self._fused_round(state.server, state.clients, ids_, valid_,
+                                                   key_)
     else:
       counts = self.train_counts[np.minimum(ids, self.num_clients - 1)]
       outputs = self.executor.map_host(self.task, (state.server, round_key), state.clients,

@@ -1,0 +1,96 @@
+"""Memory needed per device for N clients: a calculator (``fedjax-pfl memory``).
+
+The resident state is measured, not guessed: the algorithm's ``init`` is run
+under ``jax.eval_shape`` for the real model, giving the exact bytes of the
+server state and of the stacked ``[N, ...]`` client state. The stacked client
+state is split over the ``clients`` mesh axis when N is a multiple of the
+device count (else replicated); server state and the dataset are replicated.
+The per-client working set of local training (params, gradients, optimizer
+state, activations of one batch) comes from XLA's memory analysis of one
+compiled SGD step.
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# name -> (input shape, classes, pooled examples)
+DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int, int]] = {
+    "digits": ((8, 8, 1), 10, 1_797),
+    "fashion_mnist": ((28, 28, 1), 10, 70_000),
+    "mnist": ((28, 28, 1), 10, 70_000),
+    "cifar10": ((32, 32, 3), 10, 60_000),
+    "cifar100": ((32, 32, 3), 100, 60_000),
+    "emnist/byclass": ((28, 28, 1), 62, 814_255),
+    "svhn_cropped": ((32, 32, 3), 10, 99_289),
+}
+
+
+def _bytes(tree: Any) -> int:
+  return int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+                 for x in jax.tree.leaves(tree)))
+
+
+def memory_estimate(*, algorithm: str, dataset: str, num_clients: int, devices: int,
+                    participation: float = 0.1, batch_size: int = 32, model: str = "auto",
+                    examples: int | None = None, algo_config: Any = None) -> dict[str, Any]:
+  """Bytes per device for a run (see the module docstring).
+
+  Returns:
+    A dict with ``params``, ``server_bytes``, ``client_state_bytes`` (all N),
+    ``client_state_per_device``, ``data_bytes``, ``step_working_bytes`` (one
+    client), ``cohort_per_device`` and ``total_per_device`` (bytes).
+
+  Raises:
+    ValueError: unknown dataset/algorithm or non-positive counts.
+  """
+  from fedjax_pfl import algorithms
+  from fedjax_pfl.core.local import LocalSpec, make_optimizer
+  from fedjax_pfl.models import get_model
+  if dataset not in DATASET_SHAPES:
+    raise ValueError(f"dataset={dataset!r}; allowed: {sorted(DATASET_SHAPES)}")
+  if num_clients < 1 or devices < 1:
+    raise ValueError(f"num_clients={num_clients}, devices={devices}; allowed: >= 1")
+  shape, classes, pooled = DATASET_SHAPES[dataset]
+  examples = examples or pooled
+  net = get_model(model, shape, classes)
+  params = jax.eval_shape(net.init, jax.random.key(0))
+  name = algorithms.canonical_name(algorithm)
+  cfg = algo_config or algorithms.REGISTRY[name].config_cls()
+  spec = LocalSpec(net.apply, make_optimizer(0.01, 0.9), 1, batch_size, 64)
+  concrete = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+  alg = algorithms.build(name, cfg, spec=spec, params=concrete)
+  server, clients = jax.eval_shape(lambda p: alg.init(p, num_clients), params)
+  client_bytes = _bytes(clients)
+  sharded = num_clients % devices == 0
+  per_device_clients = client_bytes // devices if sharded else client_bytes
+  data_bytes = examples * (int(np.prod(shape)) * 4 + 4) + examples * 4
+  x = jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
+
+  def step(p, xb):
+    return jax.grad(lambda q: jnp.sum(net.apply(q, xb)))(p)
+  analysis = jax.jit(step).lower(params, x).compile().memory_analysis()
+  working = int(getattr(analysis, "temp_size_in_bytes", 0)) + 4 * _bytes(params)
+  cohort = max(1, math.floor(participation * num_clients))
+  cohort_per_device = math.ceil(cohort / devices)
+  total = (_bytes(server) + per_device_clients + data_bytes + cohort_per_device * working)
+  return {
+      "algorithm": name, "dataset": dataset, "model": net.name,
+      "params": int(sum(np.prod(p.shape) for p in jax.tree.leaves(params))),
+      "num_clients": num_clients, "devices": devices, "client_state_sharded": sharded,
+      "server_bytes": _bytes(server), "client_state_bytes": client_bytes,
+      "client_state_per_device": per_device_clients, "data_bytes": data_bytes,
+      "step_working_bytes": working, "cohort_per_device": cohort_per_device,
+      "total_per_device": total,
+  }
+
+
+def format_bytes(n: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if abs(n) < 1024 or unit == "TiB":
+      return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+    n /= 1024
+  return str(n)
