@@ -67,8 +67,17 @@ def partition(params: Params, rules: dict[str, str], label: str) -> Partition:
 
 
 def layer_names(params: Params) -> list[str]:
-  """Top-level param groups (layers) in definition order (see module doc)."""
-  return list(params.keys())
+  """Top-level param groups (layers) in definition order (see module doc).
+
+  Raises:
+    ValueError: if a ``classifier`` layer is not last, i.e. the dict lost its
+      definition order (it went through a ``jax.tree`` map or a jit).
+  """
+  names = list(params.keys())
+  if "classifier" in names and names[-1] != "classifier":
+    raise ValueError(f"params layers {names} are not in definition order; pass the params "
+                     "exactly as returned by model.init")
+  return names
 
 
 def layer_rules(names: Sequence[str], label: str) -> dict[str, str]:
@@ -87,6 +96,7 @@ def last_leaves_rules(params: Params, k: int, label: str) -> dict[str, str]:
         walk(sub, f"{prefix}/{key}" if prefix else str(key))
     else:
       paths.append(prefix)
+  layer_names(params)  # checks the definition order
   walk(params, "")
   return {f"^{re.escape(p)}$": label for p in paths[len(paths) - k:]} if k else {}
 

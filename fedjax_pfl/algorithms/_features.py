@@ -62,12 +62,6 @@ def features(apply_fn: Callable[..., jax.Array], params, x: jax.Array) -> jax.Ar
   return apply_with_head(apply_fn, params, x)[1]
 
 
-def feature_dim(apply_fn: Callable[..., jax.Array], params, input_shape) -> int:
-  """``D`` for inputs of shape ``input_shape`` (host-side, via eval_shape)."""
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
-  return int(jax.eval_shape(lambda p, v: features(apply_fn, p, v), params, x).shape[-1])
-
-
 def append_pass(inner: LocalProgram, acc0: Any,
                 batch_fn: Callable[[Any, Any, Batch, jax.Array], Any],
                 finish_fn: Callable[[Any, Any, dict], tuple[Any, dict]]) -> LocalProgram:
@@ -114,4 +108,4 @@ def append_pass(inner: LocalProgram, acc0: Any,
   return LocalProgram(init, step, finish, train_steps + spe, spe, bsz)
 
 
-__all__ = ["apply_with_head", "features", "feature_dim", "append_pass"]
+__all__ = ["apply_with_head", "features", "append_pass"]
