@@ -33,7 +33,8 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-  """Model name: ``auto`` (MLP for 8x8 inputs, FedAvgCNN otherwise), ``cnn``, ``mlp``."""
+  """Model name: ``auto`` (MLP for 8x8 inputs, FedAvgCNN otherwise), ``cnn``, ``mlp``,
+  ``resnet8``, ``resnet10`` (BatchNorm; running statistics are non-trainable leaves)."""
   name: str = "auto"
 
 

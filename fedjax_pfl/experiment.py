@@ -17,7 +17,7 @@ from fedjax_pfl import algorithms, io
 from fedjax_pfl import config as config_lib
 from fedjax_pfl.core import cohort, rng
 from fedjax_pfl.core.local import LocalSpec, make_optimizer
-from fedjax_pfl.core.rounds import Simulation
+from fedjax_pfl.core.rounds import MIB, Simulation
 from fedjax_pfl.data import load_federated
 from fedjax_pfl.models import get_model
 
@@ -55,7 +55,8 @@ def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulat
   params0 = model.init(rng.stream_key(root, "init"))
 
   spec = LocalSpec(model.apply, make_optimizer(t.lr, t.momentum, t.weight_decay),
-                   t.local_epochs, t.batch_size, int(data.train_idx.shape[1]))
+                   t.local_epochs, t.batch_size, int(data.train_idx.shape[1]),
+                   model.apply_train, model.state_mask, t.lr)
   alg = algorithms.build(config.algorithm, config.algo, spec=spec, params=params0)
   sim = Simulation(alg, model.apply, data, seed=t.seed, participation=t.participation,
                    execution=resolve_execution(config.system),
@@ -74,6 +75,8 @@ def _summary(config, records: list[dict], seconds: float) -> dict:
       "final_loss": final["loss"],
       "best_accuracy": best["accuracy"], "best_round": best["round"],
       "best_client_mean_accuracy": best_mean["client_mean_accuracy"],
+      "total_uplink_MiB": round(final.get("comm_totals", {}).get("uplink_MiB", 0.0), 3),
+      "total_downlink_MiB": round(final.get("comm_totals", {}).get("downlink_MiB", 0.0), 3),
       "seconds": round(seconds, 2),
   }
 
@@ -124,15 +127,18 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
   if writer:
     io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
   start = time.perf_counter() - (records[-1]["seconds"] if records else 0.0)
+  comm = dict(records[-1].get("comm_totals", {})) if records else {}
   bar = _progress(t.rounds, config.algorithm, progress and writer, initial=state.round)
   try:
     while state.round < t.rounds:
       state, round_metrics = sim.run_round(state)
       _check_finite(round_metrics, state.round)
+      for key in ("uplink", "downlink"):
+        comm[f"{key}_MiB"] = comm.get(f"{key}_MiB", 0.0) + round_metrics[f"round_{key}_bytes"] / MIB
       last = state.round == t.rounds
       if state.round % t.eval_every == 0 or last:
         record = {"round": state.round, "seconds": round(time.perf_counter() - start, 3),
-                  **round_metrics, **sim.evaluate(state)}
+                  **round_metrics, **sim.evaluate(state), "comm_totals": dict(comm)}
         _check_finite(record, state.round)
         records.append(record)
         if writer:

@@ -45,15 +45,32 @@ def tiny_model(num_classes=3):
   return from_flax("mlp", MLP(num_classes=num_classes, hidden=(8,)), (4, 4, 1), num_classes)
 
 
+def tiny_resnet(num_classes=3, input_shape=(16, 16, 1)):
+  """A BatchNorm ResNet small enough for CPU tests."""
+  from fedjax_pfl.models.base import from_flax_stateful
+  from fedjax_pfl.models.resnet import ResNet
+  return from_flax_stateful("resnet-tiny", ResNet(num_classes=num_classes, widths=(4, 8)),
+                            input_shape, num_classes)
+
+
+def tiny_image_data(num_clients=6, seed=0, hw=16):
+  """Like :func:`tiny_data` with ``hw x hw`` images (for the tiny ResNet)."""
+  small = tiny_data(num_clients=num_clients, seed=seed)
+  x = np.zeros((small.x.shape[0], hw, hw, 1), np.float32)
+  x[:, :4, :4] = small.x
+  x += np.random.default_rng(seed + 1).normal(scale=0.1, size=x.shape).astype(np.float32)
+  return small._replace(x=x)
+
+
 def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, participation=0.5,
-             epochs=2, batch_size=4, lr=0.1, momentum=0.5, seed=0):
+             epochs=2, batch_size=4, lr=0.1, momentum=0.5, seed=0, model=None):
   data = data or tiny_data()
-  model = tiny_model(data.num_classes)
+  model = model or tiny_model(data.num_classes)
   import jax
   params0 = model.init(jax.random.key(seed))
 
   spec = LocalSpec(model.apply, make_optimizer(lr, momentum), epochs, batch_size,
-                   int(data.train_idx.shape[1]))
+                   int(data.train_idx.shape[1]), model.apply_train, model.state_mask, lr)
   entry = algorithms.REGISTRY[name]
   alg = entry.build(algo_config or entry.config_cls(), spec=spec, params=params0)
   execution = execution or cohort.Execution()

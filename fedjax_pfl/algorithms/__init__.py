@@ -33,6 +33,10 @@ _MODULES = [
     "pfedfda",
     "floco",
     "fedobp_fisher",
+    "ffgg",
+    "fedalt",
+    "flexp_sfl",
+    "splitfed",
 ]
 
 REGISTRY: dict[str, AlgorithmSpec] = {}

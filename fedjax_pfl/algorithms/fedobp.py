@@ -13,6 +13,9 @@ Per sampled client i in round t (spec §2.4, computed server-side):
 * merge ``theta~_i = where(s > tau, theta_i^last, theta_bar)`` (Eq. 9);
 * E epochs of SGD from ``theta~_i``; the client uploads the FULL model, the
   server stores it as ``theta_i^last`` and averages all entries (Eq. 11).
+* communication (§V-G): uplink is the full model; downlink is the global
+  entries ``G_i`` (4 bytes each) plus the mask (1 bit per entry); the
+  ``downlink_ratio`` |G_i| / |theta| is the x-axis of the paper's Fig. 7.
 
 The server keeps ``theta^last`` for all N clients, initialized to theta^0 (so a
 never-selected client's "personal" entries come from the initial weights, as
@@ -116,8 +119,13 @@ def fedobp(*, local: LocalProgram, config: FedOBPConfig, scope: Any = None) -> A
   def broadcast(server, client):
     merged, keep, scores = decouple(server, client)
     stats = ops.personalized_fraction(keep, scope)
+    total = sum(k.size for k in jax.tree.leaves(keep))
+    personal = sum(jnp.sum(k, dtype=jnp.float32) for k in jax.tree.leaves(keep))
+    sent = total - personal  # the global entries G_i; plus the mask, 1 bit per entry (§V-G)
     metrics = {"personalized_fraction": stats["overall"],
-               **{f"personalized_fraction/{k}": v for k, v in stats["per_layer"].items()}}
+               **{f"personalized_fraction/{k}": v for k, v in stats["per_layer"].items()},
+               "downlink_values": sent, "downlink_bytes": 4.0 * sent + total / 8.0,
+               "downlink_ratio": sent / total}
     return merged, (scores if config.ema else (), metrics)
 
   def finalize(server, client, trained, extra):

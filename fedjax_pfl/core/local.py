@@ -135,7 +135,8 @@ def gather_batch(data: ClientData, perm: jax.Array, s, batch_size: int) -> Batch
 
 def sgd_program(loss_fn: Callable[..., jax.Array], optimizer: optax.GradientTransformation,
                 *, epochs: int, batch_size: int, num_slots: int,
-                trainable: Callable[[jax.Array], Any] | None = None) -> LocalProgram:
+                trainable: Callable[[jax.Array], Any] | None = None,
+                state_mask: Any = None) -> LocalProgram:
   """E epochs of minibatch SGD (optax) on ``loss_fn(params, batch, key, context)``.
 
   The optimizer state is created fresh at ``init`` (reset every round, as in
@@ -153,6 +154,10 @@ def sgd_program(loss_fn: Callable[..., jax.Array], optimizer: optax.GradientTran
       fine): entries False at that epoch keep their value and their optimizer
       state (true freezing, unlike zeroing gradients under momentum). Used by
       FedRep-style phases.
+    state_mask: for models with BatchNorm (``Model.state_mask``): the loss
+      returns ``(loss, params_with_new_statistics)`` and the leaves marked
+      True take the new statistics after each active step (they are never
+      moved by the optimizer).
 
   Returns:
     A :class:`LocalProgram` whose params are the trained pytree; metrics
@@ -160,7 +165,7 @@ def sgd_program(loss_fn: Callable[..., jax.Array], optimizer: optax.GradientTran
   """
   steps_per_epoch = max(1, -(-num_slots // batch_size))
   padded_len = steps_per_epoch * batch_size
-  grad_fn = jax.value_and_grad(loss_fn)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=state_mask is not None)
 
   def init(inputs, data: ClientData, key):
     params, context = inputs if isinstance(inputs, LocalInput) else (inputs, ())
@@ -177,6 +182,9 @@ def sgd_program(loss_fn: Callable[..., jax.Array], optimizer: optax.GradientTran
     loss, grads = grad_fn(carry.params, batch, jax.random.fold_in(carry.key, t), carry.context)
     updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
     params = optax.apply_updates(carry.params, updates)
+    if state_mask is not None:
+      loss, with_stats = loss
+      params = jax.tree.map(lambda m, p, s: s if m else p, state_mask, params, with_stats)
     keep = lambda new, old: jnp.where(active, new, old)
     params = jax.tree.map(keep, params, carry.params)
     opt_state = jax.tree.map(keep, opt_state, carry.opt_state)
@@ -219,27 +227,47 @@ class LocalSpec(NamedTuple):
   """Everything an algorithm builder needs to make its local training.
 
   Attributes:
-    apply: the model's ``(params, x) -> logits``.
+    apply: the model's ``(params, x) -> logits`` (eval mode).
     optimizer: the client optimizer (fresh state every round).
     epochs: local epochs ``E``.
     batch_size: ``B``.
     num_slots: padded train examples per client ``M``.
+    apply_train: ``Model.apply_train`` for models with BatchNorm, else None.
+    state_mask: ``Model.state_mask`` (True on BN running statistics), else None.
+    lr: the client learning rate (for algorithms whose own updates use it,
+      e.g. APFL's alpha step, pFedMe's eta), or None if unknown.
   """
   apply: Callable[..., jax.Array]
   optimizer: optax.GradientTransformation
   epochs: int
   batch_size: int
   num_slots: int
+  apply_train: Callable[..., Any] | None = None
+  state_mask: Any = None
+  lr: float | None = None
 
-  def ce_loss(self, params, batch: Batch, key=None, context=()) -> jax.Array:
-    """Mean cross-entropy of the model on a padded batch."""
+  def forward(self, params, batch: Batch) -> tuple[jax.Array, Params]:
+    """Train-mode logits and the params with updated BN statistics (the same
+    params for stateless models). Custom losses of algorithms that support
+    BatchNorm models return ``(loss, forward(...)[1])``."""
+    if self.apply_train is None:
+      return self.apply(params, batch.x), params
+    return self.apply_train(params, batch.x, batch.mask)
+
+  def ce_loss(self, params, batch: Batch, key=None, context=()):
+    """Mean cross-entropy on a padded batch; with BatchNorm, ``(loss, params
+    with new statistics)`` (see :func:`sgd_program`'s ``state_mask``)."""
     del key, context
-    return softmax_cross_entropy(self.apply(params, batch.x), batch.y, batch.mask)
+    logits, new = self.forward(params, batch)
+    loss = softmax_cross_entropy(logits, batch.y, batch.mask)
+    return loss if self.state_mask is None else (loss, new)
 
   def program(self, loss_fn: Callable[..., jax.Array] | None = None, *,
               epochs: int | None = None, trainable=None,
               optimizer: optax.GradientTransformation | None = None) -> LocalProgram:
     """An SGD :class:`LocalProgram` (default loss: cross-entropy)."""
     return sgd_program(loss_fn or self.ce_loss, optimizer or self.optimizer,
-                       epochs=epochs or self.epochs, batch_size=self.batch_size,
-                       num_slots=self.num_slots, trainable=trainable)
+                       epochs=self.epochs if epochs is None else epochs,
+                       batch_size=self.batch_size,
+                       num_slots=self.num_slots, trainable=trainable,
+                       state_mask=self.state_mask)

@@ -102,7 +102,8 @@ class Simulation:
       carry, extra = state
       trained, train_metrics = prog.finish(carry)
       upload, new_client, metrics = alg.finalize(shared[0], client, trained, extra)
-      return upload, new_client, {**train_metrics, **metrics}
+      comm = default_communication(upload, trained)
+      return upload, new_client, {**train_metrics, **comm, **metrics}
 
     return cohort_lib.ClientTask(prologue, step, epilogue, prog.num_steps, prog.active_steps)
 
@@ -128,7 +129,9 @@ class Simulation:
     weights = self.data.train_counts[jnp.minimum(ids, self.num_clients - 1)] * valid
     server, agg_metrics = self.algorithm.aggregate(server, uploads, weights.astype(jnp.float32))
     clients = cohort_lib.scatter(clients, ids, new_clients, valid)
-    return server, clients, {**_mean_valid(metrics, valid), **agg_metrics}
+    w = valid.astype(jnp.float32)
+    totals = {f"round_{k}": jnp.sum(metrics[k] * w) for k in ("uplink_bytes", "downlink_bytes")}
+    return server, clients, {**_mean_valid(metrics, valid), **totals, **agg_metrics}
 
   def _fused(self, server, clients, ids, valid, round_key):
     outputs = self.executor.map_traced(self.task, (server, round_key), clients, self.data, ids)
@@ -184,6 +187,30 @@ class Simulation:
           self.data, self.test_counts, self.eval_batch_size)
       sums = np.stack([np.zeros(2) if s is None else np.asarray(s) for s in per_client])
     return summarize_eval(sums[:, 0], sums[:, 1], self.test_counts)
+
+
+BYTES_PER_VALUE = 4  # fp32
+MIB = 2 ** 20
+
+
+def num_values(tree: PyTree) -> int:
+  """Number of scalar entries of a pytree (static)."""
+  return int(sum(np.prod(jnp.shape(x)) for x in jax.tree.leaves(tree)))
+
+
+def default_communication(upload: PyTree, trained: PyTree) -> Metrics:
+  """Per-client communication of one round when the algorithm reports none:
+  uplink = every value of the upload, downlink = every value of the model the
+  client trained from (dense fp32). Algorithms that send less (masks, sparse
+  parts) return these keys from ``finalize`` and override this default.
+
+  Keys: ``uplink_values``, ``downlink_values`` (parameters), ``uplink_bytes``,
+  ``downlink_bytes`` (4 bytes per fp32 value + 1 bit per mask element sent).
+  """
+  up, down = num_values(upload), num_values(trained)
+  f = jnp.float32
+  return {"uplink_values": f(up), "downlink_values": f(down),
+          "uplink_bytes": f(BYTES_PER_VALUE * up), "downlink_bytes": f(BYTES_PER_VALUE * down)}
 
 
 def summarize_eval(correct: np.ndarray, loss_sum: np.ndarray, counts: np.ndarray) -> Metrics:

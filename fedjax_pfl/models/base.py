@@ -12,18 +12,31 @@ from fedjax_pfl.types import Params, PyTree
 class Model(NamedTuple):
   """A model as pure functions.
 
+  Models with BatchNorm keep their running statistics INSIDE the params
+  pytree, beside the BN scale and bias (``bn1: {scale, bias, mean, var}``),
+  as non-trainable leaves marked by ``state_mask``. The train-mode forward
+  returns the updated statistics; the local SGD program writes them back.
+
   Attributes:
     name: registry name.
     init: ``key -> params`` (float32 pytree).
-    apply: ``(params, x [B, H, W, C]) -> logits [B, K]``.
+    apply: ``(params, x [B, H, W, C]) -> logits [B, K]`` (eval mode: running
+      statistics).
     input_shape: ``(H, W, C)``.
     num_classes: ``K``.
+    apply_train: for models with state, ``(params, x, mask [B]) -> (logits,
+      params with updated statistics)`` (batch statistics over the ``mask``-ed
+      examples only); None for stateless models.
+    state_mask: bool pytree, True on state leaves (BN running statistics);
+      None for stateless models.
   """
   name: str
   init: Callable[[jax.Array], Params]
   apply: Callable[[Params, jax.Array], jax.Array]
   input_shape: tuple[int, ...]
   num_classes: int
+  apply_train: Callable[..., tuple[jax.Array, Params]] | None = None
+  state_mask: PyTree | None = None
 
 
 def from_flax(name: str, module, input_shape, num_classes) -> Model:
@@ -33,6 +46,55 @@ def from_flax(name: str, module, input_shape, num_classes) -> Model:
   def apply(params, x):
     return module.apply({"params": params}, x)
   return Model(name, init, apply, tuple(input_shape), int(num_classes))
+
+
+def _merge(a: dict, b: dict) -> dict:
+  out = dict(a)
+  for k, v in b.items():
+    out[k] = _merge(out[k], v) if k in out and isinstance(v, dict) else v
+  return out
+
+
+def _split(merged: dict, state_paths: dict) -> tuple[dict, dict]:
+  """Splits merged variables into (params, batch_stats) using ``state_paths``
+  (a nested dict shaped like the batch_stats collection)."""
+  params, stats = {}, {}
+  for k, v in merged.items():
+    if k in state_paths and isinstance(state_paths[k], dict):
+      p, s = _split(v, state_paths[k])
+      if p:
+        params[k] = p
+      stats[k] = s
+    elif k in state_paths:
+      stats[k] = v
+    else:
+      params[k] = v
+  return params, stats
+
+
+def from_flax_stateful(name: str, module, input_shape, num_classes) -> Model:
+  """Adapter for flax modules with a ``batch_stats`` collection whose
+  ``__call__(x, train, mask)`` takes the training flag and the batch mask."""
+  dummy = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+  shapes = jax.eval_shape(lambda k: module.init(k, dummy), jax.random.key(0))
+  state_paths = jax.tree.map(lambda _: True, shapes["batch_stats"])
+
+  def init(key):
+    v = module.init(key, dummy)
+    return _merge(v["params"], v["batch_stats"])
+
+  def apply(params, x):
+    p, s = _split(params, state_paths)
+    return module.apply({"params": p, "batch_stats": s}, x, train=False)
+
+  def apply_train(params, x, mask):
+    p, s = _split(params, state_paths)
+    logits, updates = module.apply({"params": p, "batch_stats": s}, x, train=True,
+                                   mask=mask, mutable=["batch_stats"])
+    return logits, _merge(p, updates["batch_stats"])
+
+  template = _merge(jax.tree.map(lambda _: False, shapes["params"]), state_paths)
+  return Model(name, init, apply, tuple(input_shape), int(num_classes), apply_train, template)
 
 
 def _cnn(input_shape, num_classes):
@@ -45,12 +107,22 @@ def _mlp(input_shape, num_classes):
   return from_flax("mlp", MLP(num_classes=num_classes), input_shape, num_classes)
 
 
-MODELS = {"cnn": _cnn, "mlp": _mlp}
+def _resnet(widths, name):
+  def build(input_shape, num_classes):
+    from fedjax_pfl.models.resnet import ResNet
+    return from_flax_stateful(name, ResNet(num_classes=num_classes, widths=widths),
+                              input_shape, num_classes)
+  return build
+
+
+MODELS = {"cnn": _cnn, "mlp": _mlp, "resnet8": _resnet((64, 128, 256), "resnet8"),
+          "resnet10": _resnet((64, 128, 256, 512), "resnet10")}
 
 
 def get_model(name: str, input_shape, num_classes: int) -> Model:
-  """Builds a registered model; ``name="auto"`` picks ``mlp`` for inputs
-  smaller than 16x16 (digits) and ``cnn`` (FedAvgCNN) otherwise.
+  """Builds a registered model (``cnn``, ``mlp``, ``resnet8``, ``resnet10``);
+  ``name="auto"`` picks ``mlp`` for inputs smaller than 16x16 (digits) and
+  ``cnn`` (FedAvgCNN) otherwise.
 
   Raises:
     ValueError: unknown name, or an input too small for the CNN.
@@ -59,8 +131,8 @@ def get_model(name: str, input_shape, num_classes: int) -> Model:
     name = "mlp" if min(input_shape[:2]) < 16 else "cnn"
   if name not in MODELS:
     raise ValueError(f"model.name={name!r}; allowed: {['auto', *sorted(MODELS)]}")
-  if name == "cnn" and min(input_shape[:2]) < 16:
-    raise ValueError(f"model.name='cnn' needs inputs of at least 16x16, got {input_shape}")
+  if name != "mlp" and min(input_shape[:2]) < 16:
+    raise ValueError(f"model.name={name!r} needs inputs of at least 16x16, got {input_shape}")
   return MODELS[name](tuple(input_shape), num_classes)
 
 

@@ -165,3 +165,21 @@ def test_summarize_eval_handles_empty_clients():
   assert m["accuracy"] == pytest.approx(4 / 6)
   assert m["client_mean_accuracy"] == pytest.approx((0.75 + 0.5) / 2)
   assert m["client_accuracy"][1] is None
+
+
+def test_communication_accounting_by_hand():
+  sim, p0 = make_sim("fedavg", participation=0.5)
+  num = sum(a.size for a in jax.tree.leaves(p0))                 # 163 values
+  _, history = run_rounds(sim, p0, 1)
+  m = history[0][1]
+  assert m["uplink_values"] == m["downlink_values"] == num
+  assert m["uplink_bytes"] == m["downlink_bytes"] == 4 * num
+  assert m["round_uplink_bytes"] == 4 * num * sim.cohort_size     # 4 clients
+  sim, _ = make_sim("fedobp", FedOBPConfig(quantile=0.9, norm="none"), participation=0.5)
+  _, history = run_rounds(sim, p0, 2)
+  m = history[-1][1]
+  personal = m["personalized_fraction"] * num
+  assert m["uplink_bytes"] == 4 * num                              # full model up
+  assert m["downlink_values"] == pytest.approx(num - personal, abs=1e-3)
+  assert m["downlink_bytes"] == pytest.approx(4 * (num - personal) + num / 8, abs=1e-2)
+  assert m["downlink_ratio"] == pytest.approx((num - personal) / num, abs=1e-6)
