@@ -27,16 +27,6 @@ _MODULES = [
     "apfl",
     "pfedme",
     "fedala",
-    "feddpa",
-    "fedselect",
-    "flute",
-    "pfedfda",
-    "floco",
-    "fedobp_fisher",
-    "ffgg",
-    "fedalt",
-    "flexp_sfl",
-    "splitfed",
 ]
 
 REGISTRY: dict[str, AlgorithmSpec] = {}
