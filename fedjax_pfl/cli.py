@@ -1,4 +1,4 @@
-"""Command line: ``fedjax-pfl run | compare | report | list``.
+"""Command line: ``fedjax-pfl run | compare | report | sweep | memory | list``.
 
 Invalid values stop with ``error: <field>=<value> ...; allowed: ...`` and exit
 status 2 before any compute.
@@ -137,6 +137,22 @@ def _report(args) -> int:
   return 0
 
 
+def _sweep(args) -> int:
+  from fedjax_pfl import sweep as sweep_lib
+  sw = sweep_lib.load_sweep(args.config, smoke=args.smoke)
+  out = args.out or os.path.join("runs", sw.name + ("-smoke" if args.smoke else ""))
+  if args.report_only:
+    from fedjax_pfl import io
+    results = io.read_jsonl(os.path.join(out, "results.jsonl"))
+  else:
+    results = sweep_lib.run_sweep(sw, out, progress=not args.no_progress)
+  report = args.report or os.path.join(out, "report.md")
+  body = sweep_lib.render_report(sw, results, report, out, note=args.note)
+  print(body)
+  print(f"report: {report}")
+  return 0
+
+
 def _memory(args) -> int:
   from fedjax_pfl.scaling import format_bytes, memory_estimate
   try:
@@ -181,6 +197,15 @@ def make_parser() -> argparse.ArgumentParser:
   rep.add_argument("workdirs", nargs="+", metavar="WORKDIR")
   rep.add_argument("--out", default="runs/report", help="output folder (default runs/report)")
   rep.set_defaults(func=_report)
+  swp = sub.add_parser("sweep", help="run a published table/figure config (resumable)")
+  swp.add_argument("config", help="e.g. experiments/configs/fedobp_table4.py")
+  swp.add_argument("--out", default=None, help="sweep folder (default runs/<name>)")
+  swp.add_argument("--smoke", action="store_true", help="the tiny CI size of every cell")
+  swp.add_argument("--report", default=None, help="Markdown path (default <out>/report.md)")
+  swp.add_argument("--report-only", action="store_true", help="render from results.jsonl")
+  swp.add_argument("--note", default="", help="text put under the report's title")
+  swp.add_argument("--no-progress", action="store_true")
+  swp.set_defaults(func=_sweep)
   mem = sub.add_parser("memory", help="memory needed per device for N clients")
   mem.add_argument("--algorithm", default="fedobp")
   mem.add_argument("--dataset", default="fashion_mnist")

@@ -27,6 +27,12 @@ _MODULES = [
     "apfl",
     "pfedme",
     "fedala",
+    "feddpa",
+    "fedselect",
+    "flute",
+    "pfedfda",
+    "floco",
+    "fedobp_fisher",
 ]
 
 REGISTRY: dict[str, AlgorithmSpec] = {}

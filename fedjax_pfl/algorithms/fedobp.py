@@ -95,8 +95,11 @@ def fedobp(*, local: LocalProgram, config: FedOBPConfig, scope: Any = None) -> A
 
   Returns:
     The :class:`Algorithm`. Server state: global params. Client state:
-    :class:`FedOBPClient`. Per-round metrics: ``personalized_fraction`` and
-    ``personalized_fraction/<layer>`` (cohort means).
+    :class:`FedOBPClient`. Per-round metrics (cohort means):
+    ``personalized_fraction``, ``personalized_fraction/<layer>``,
+    ``personalized_count/<layer>`` (entries; without a scope), and the
+    communication keys ``downlink_values``, ``downlink_bytes``,
+    ``downlink_ratio``.
   """
   config.validate()
   q = config.quantile
@@ -122,8 +125,11 @@ def fedobp(*, local: LocalProgram, config: FedOBPConfig, scope: Any = None) -> A
     total = sum(k.size for k in jax.tree.leaves(keep))
     personal = sum(jnp.sum(k, dtype=jnp.float32) for k in jax.tree.leaves(keep))
     sent = total - personal  # the global entries G_i; plus the mask, 1 bit per entry (§V-G)
+    per_layer_total = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in keep.items()}
     metrics = {"personalized_fraction": stats["overall"],
                **{f"personalized_fraction/{k}": v for k, v in stats["per_layer"].items()},
+               **{f"personalized_count/{k}": v * per_layer_total[k]
+                  for k, v in stats["per_layer"].items() if scope is None},
                "downlink_values": sent, "downlink_bytes": 4.0 * sent + total / 8.0,
                "downlink_ratio": sent / total}
     return merged, (scores if config.ema else (), metrics)

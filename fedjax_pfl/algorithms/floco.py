@@ -1,0 +1,207 @@
+"""FLOCO: federated learning over connected modes (a simplex classifier).
+
+Grinwald, Wiesner, Nakajima. "Federated Learning over Connected Modes."
+NeurIPS 2024, arXiv:2403.03333 (FL-bench ``src/server/floco.py``,
+``src/client/floco.py``).
+
+The classifier kernel is replaced by a simplex of ``M = endpoints`` kernels
+``W_1..W_M [D, K]`` (Xavier-normal, one seed each) with the model's classifier
+bias shared: ``logits = h(x) W(alpha) + b``, ``W(alpha) = sum_k alpha_k W_k``.
+All parameters are FedAvg-shared. Before round ``tau`` every training forward
+pass draws ``alpha`` uniformly on the simplex (normalised Exp(1) draws) and
+evaluation uses the centre ``1/M``. At round ``tau`` the server PCAs the
+clients' flattened endpoint updates to M dimensions (``kappa``, signs as
+sklearn's ``svd_flip`` on the components), projects every client onto the
+simplex scaled by ``z`` (Euclidean projection, rows renormalised to sum 1)
+and keeps the ``z`` in ``linspace(1e-4, 1, 1000)`` of least Riesz s-energy
+(s = 2; pair distances floored at 1e-4; ``log E = log sum_{i<j} d_ij^-2 -
+log #pairs``; first minimum). These are the client centres ``beta_i``.
+Afterwards training draws ``alpha = beta_i + r u`` (``u`` uniform on the unit
+L1 sphere, ``r ~ U(0, rho)``), renormalised to sum 1, and evaluation uses
+``beta_i``.
+
+Layout: the model's own params plus ``endpoints [M, D, K]`` (the model's
+classifier kernel stays unused); the server keeps ``stats [N, M*D*K]``, each
+client's latest endpoint update, and ``beta [N, M]``; the client state is its
+id (uploaded so that ``aggregate`` can store the update).
+
+Deviations: the reference makes ALL clients train in round ``tau - 1`` and
+PCAs their trained endpoint weights (equivalent, after PCA centring, to their
+updates from the common global model); the round driver here samples a fixed
+cohort, so each client contributes its most recent endpoint update (zeros if
+it never trained before ``tau``). With fewer than M clients the missing PCA
+components are zero. Floco+ (``pers_epoch > 0``) is not implemented
+(FL-bench default ``pers_epoch = 0``).
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_pfl.algorithms import _features
+from fedjax_pfl.algorithms.spec import AlgorithmSpec
+from fedjax_pfl.core import cohort
+from fedjax_pfl.core.algorithm import Algorithm
+from fedjax_pfl.core.local import LocalInput, LocalSpec, softmax_cross_entropy
+from fedjax_pfl.ops.aggregation import weighted_mean
+
+HEAD = "classifier"
+Z_GRID = np.linspace(1e-4, 1.0, 1000, dtype=np.float32)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FlocoConfig:
+  """FLOCO hyperparameters.
+
+  Attributes:
+    endpoints: simplex vertices M, >= 2.
+    tau: round of the client projection, >= 1.
+    rho: L1 radius of the sampling ball after ``tau``, >= 0.
+    init_seed: seed of the endpoint initialisation.
+  """
+  endpoints: int = 10
+  tau: int = 10
+  rho: float = 0.1
+  init_seed: int = 0
+
+  def validate(self) -> None:
+    if self.endpoints < 2:
+      raise ValueError(f"floco.endpoints={self.endpoints}; allowed: >= 2")
+    if self.tau < 1:
+      raise ValueError(f"floco.tau={self.tau}; allowed: >= 1")
+    if self.rho < 0:
+      raise ValueError(f"floco.rho={self.rho}; allowed: >= 0")
+
+
+class FlocoServer(NamedTuple):
+  params: dict          # {'model': model params, 'endpoints': [M, D, K]}
+  round: jax.Array      # [] int32
+  stats: jax.Array      # [N, M*D*K] latest endpoint update per client
+  beta: jax.Array       # [N, M] client centres (valid from round tau)
+
+
+def simplex_logits(apply_fn, params, alpha, x):
+  """Logits of the model with classifier kernel ``sum_k alpha_k W_k``."""
+  model = params["model"]
+  kernel = jnp.tensordot(alpha, params["endpoints"], axes=(0, 0))
+
+  def head(h):
+    out = h @ kernel
+    return out + jnp.broadcast_to(model[HEAD]["bias"], out.shape)
+  return _features.apply_with_head(apply_fn, model, x, head)[0]
+
+
+def sample_alpha(key, after, center, rho: float):
+  """Uniform on the simplex (before tau) or in the L1 ball around ``center``."""
+  k1, k2, k3 = jax.random.split(key, 3)
+  e = jax.random.exponential(k1, center.shape)
+  u = jax.random.uniform(k2, center.shape, minval=-1.0, maxval=1.0)
+  r = jax.random.uniform(k3, (), maxval=rho)
+  ball = center + r * u / jnp.sum(jnp.abs(u))
+  return jnp.where(after, ball / jnp.sum(ball), e / jnp.sum(e))
+
+
+def project_simplex(v, z):
+  """Euclidean projection of each row of ``v [N, M]`` onto ``{y >= 0, sum y = z}``."""
+  m = v.shape[-1]
+  u = -jnp.sort(-v, axis=-1)
+  cssv = jnp.cumsum(u, axis=-1) - z
+  rho = jnp.sum(u - cssv / jnp.arange(1, m + 1)[None] > 0, axis=-1)
+  theta = jnp.take_along_axis(cssv, (rho - 1)[:, None], axis=-1) / rho[:, None]
+  return jnp.maximum(v - theta, 0.0)
+
+
+def riesz_log_energy(points):
+  """``log sum_{i<j} d_ij^-2 - log #pairs`` with distances floored at 1e-4."""
+  n = points.shape[0]
+  diff = points[:, None, :] - points[None, :, :]
+  dist = jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(diff), axis=-1)), 1e-4)
+  upper = jnp.triu(jnp.ones((n, n), bool), k=1)
+  energy = jnp.sum(jnp.where(upper, dist ** -2.0, 0.0))
+  return jnp.log(energy) - jnp.log(max(n * (n - 1) // 2, 1))
+
+
+def best_radius(kappas):
+  """``(z, betas [N, M])``: the grid ``z`` of least Riesz energy."""
+  def at(z):
+    b = project_simplex(kappas, z)
+    return b / jnp.sum(b, axis=-1, keepdims=True)
+  grid = jnp.asarray(Z_GRID)
+  energies = jax.lax.map(lambda z: riesz_log_energy(at(z)), grid, batch_size=50)
+  best = jnp.argmin(jnp.where(jnp.isfinite(energies), energies, jnp.inf))
+  return grid[best], at(grid[best])
+
+
+def pca(x, k: int):
+  """``[N, k]`` PCA scores of the rows of ``x`` (sklearn sign convention);
+  components beyond ``min(N, F)`` are zero."""
+  centred = x - jnp.mean(x, axis=0, keepdims=True)
+  u, s, vt = jnp.linalg.svd(centred, full_matrices=False)
+  pick = jnp.take_along_axis(vt, jnp.argmax(jnp.abs(vt), axis=1)[:, None], axis=1)[:, 0]
+  scores = u * (s * jnp.where(pick < 0, -1.0, 1.0))[None]
+  r = min(k, scores.shape[1])
+  return jnp.pad(scores[:, :r], ((0, 0), (0, k - r)))
+
+
+def floco(*, spec: LocalSpec, params, config: FlocoConfig) -> Algorithm:
+  """Builds FLOCO. Server state: :class:`FlocoServer`; client state: the
+  client's id (``[N]`` int32)."""
+  config.validate()
+  m = config.endpoints
+  dim, num_classes = params[HEAD]["kernel"].shape
+  center = jnp.full((m,), 1.0 / m)
+
+  def loss_fn(p, batch, key, context):
+    after, beta = context
+    alpha = sample_alpha(key, after, beta, config.rho)
+    return softmax_cross_entropy(simplex_logits(spec.apply, p, alpha, batch.x), batch.y,
+                                 batch.mask)
+
+  local = spec.program(loss_fn)
+
+  def init(params, num_clients):
+    std = jnp.sqrt(2.0 / (dim + num_classes))
+    keys = jax.random.split(jax.random.key(config.init_seed), m)
+    ends = jax.vmap(lambda k: std * jax.random.normal(k, (dim, num_classes)))(keys)
+    server = FlocoServer({"model": params, "endpoints": ends}, jnp.zeros((), jnp.int32),
+                         jnp.zeros((num_clients, ends.size)), jnp.tile(center, (num_clients, 1)))
+    return server, jnp.arange(num_clients, dtype=jnp.int32)
+
+  def centre_of(server, client):
+    return jnp.where(server.round >= config.tau, server.beta[client], center)
+
+  def broadcast(server, client):
+    context = (server.round >= config.tau, centre_of(server, client))
+    return LocalInput(server.params, context), ()
+
+  def finalize(server, client, trained, extra):
+    update = (trained["endpoints"] - server.params["endpoints"]).ravel()
+    return (trained, update, client), client, {}
+
+  def aggregate(server, uploads, weights):
+    trained, updates, ids = uploads
+    valid = weights > 0
+    stats = cohort.scatter(server.stats, ids, updates, valid)
+    new_round = server.round + 1
+    beta = jax.lax.cond(new_round == config.tau, lambda s: best_radius(pca(s, m))[1],
+                        lambda s: server.beta, stats)
+    return FlocoServer(weighted_mean(trained, weights), new_round, stats, beta), {}
+
+  def personalize(server, client):
+    return {"params": server.params, "alpha": centre_of(server, client)}
+
+  def eval_apply(p, x):
+    return simplex_logits(spec.apply, p["params"], p["alpha"], x)
+
+  return Algorithm("floco", init, broadcast, local, finalize, aggregate, personalize,
+                   eval_apply)
+
+
+def _build(cfg: FlocoConfig, *, spec, params) -> Algorithm:
+  return floco(spec=spec, params=params, config=cfg)
+
+
+SPECS = {"floco": AlgorithmSpec(FlocoConfig, _build, "FLOCO (Grinwald et al., NeurIPS 2024)")}

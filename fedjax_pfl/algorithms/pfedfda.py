@@ -1,0 +1,248 @@
+"""pFedFDA: a generative (LDA) head over a federated body.
+
+McLaughlin, Su. "Personalized Federated Learning via Feature Distribution
+Adaptation." NeurIPS 2024, arXiv:2411.00329 (code:
+``cj-mclaughlin/pFedFDA`` ``clients/client_fedfda.py``; FL-bench
+``src/client/pfedfda.py``).
+
+The body is FedAvg-shared; the head is the LDA classifier of Gaussian class
+means ``mu [K, D]``, a shared covariance ``Sigma [D, D]`` and label priors
+``pi``: with ``Sigma~ = (1 - eps) Sigma + eps tr(Sigma)/D I``,
+``W = (Sigma~^-1 mu^T)^T`` and ``b = -1/2 diag(mu Sigma~^-1 mu^T) + log pi``.
+Per sampled client:
+
+1. head := LDA(mu_g, Sigma_g, pi_i) with ``pi_i`` = train label frequencies
+   + eps, renormalised; frozen; the body trains with CE for E epochs;
+2. features h(x) of the trained body over the train set; local MLE
+   ``mu_y`` (the class mean where the class has more than ``num_cv_folds``
+   examples, else ``mu_g,y``) and ``Sigma = scatter/(n-1) + 1e-4 + I``;
+3. ``beta = (beta_mu, beta_Sigma)`` minimising the summed CE of the LDA head
+   of ``(beta_mu mu_f + (1-beta_mu) mu_g, beta_S Sigma_f + (1-beta_S) Sigma_g)``
+   over ``num_cv_folds`` stratified folds (stats ``_f`` from the other folds;
+   classes with fewer than ``num_cv_folds`` examples left out; no example
+   left: beta = (0, 0), as in the reference);
+4. adaptive ``mu_i = beta_mu mu + (1-beta_mu) mu_g`` (same for Sigma),
+   uploaded with the body; the server sample-averages ``mu_i``, ``Sigma_i``.
+
+Evaluation: the global body with LDA(mu_i, Sigma_i, pi_i); a client that never
+trained uses the current global statistics and uniform priors.
+
+Deviations: beta is the best point of a ``beta_grid x beta_grid`` grid on
+[0, 1]^2 (the reference: 10 L-BFGS iterations from (0.5, 0.5)); folds are a
+stratified round-robin over a fixed-seed shuffle (StratifiedKFold,
+random_state=0 in the official code); the features are one pass of the
+trained body over the train set (the official code reuses the features seen
+during the E training epochs; a lone last example of an odd epoch is left
+out, as in training); ``cov_nearest`` is omitted since the covariance is
+positive definite by construction (``+ I``). Server statistics start as
+``mu_g ~ U[0, 1)`` (seed ``stats_seed``) and ``Sigma_g = I``.
+
+Degenerate property: ``local_beta=True`` (beta = (1, 1)) gives the purely
+local statistics.
+"""
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_pfl.algorithms import _features
+from fedjax_pfl.algorithms.spec import AlgorithmSpec
+from fedjax_pfl.core import cohort
+from fedjax_pfl.core.algorithm import Algorithm
+from fedjax_pfl.core.local import LocalInput, LocalSpec
+from fedjax_pfl.models.base import CLASSIFIER_RULES, label_params
+from fedjax_pfl.ops.aggregation import weighted_mean
+
+HEAD = "classifier"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PFedFDAConfig:
+  """pFedFDA hyperparameters (FL-bench defaults).
+
+  Attributes:
+    eps: covariance shrinkage and prior smoothing, in (0, 1).
+    num_cv_folds: folds of the beta search, >= 2.
+    beta_grid: grid points per beta axis, >= 2.
+    single_beta: one beta for means and covariance.
+    local_beta: beta = (1, 1) (no search).
+    stats_seed: seed of the initial global means.
+  """
+  eps: float = 1e-4
+  num_cv_folds: int = 2
+  beta_grid: int = 11
+  single_beta: bool = False
+  local_beta: bool = False
+  stats_seed: int = 0
+
+  def validate(self) -> None:
+    if not 0.0 < self.eps < 1.0:
+      raise ValueError(f"pfedfda.eps={self.eps}; allowed: (0, 1)")
+    if self.num_cv_folds < 2:
+      raise ValueError(f"pfedfda.num_cv_folds={self.num_cv_folds}; allowed: >= 2")
+    if self.beta_grid < 2:
+      raise ValueError(f"pfedfda.beta_grid={self.beta_grid}; allowed: >= 2")
+
+
+class FDAServer(NamedTuple):
+  params: Any
+  means: jax.Array      # [K, D]
+  cov: jax.Array        # [D, D]
+
+
+class FDAClient(NamedTuple):
+  means: jax.Array      # [K, D] adaptive means
+  cov: jax.Array        # [D, D] adaptive covariance
+  priors: jax.Array     # [K]
+  beta: jax.Array       # [2] (beta_mu, beta_Sigma)
+  trained: jax.Array    # [] bool
+
+
+def lda_head(means, cov, priors, eps: float):
+  """LDA classifier as a flax Dense head ``{'kernel' [D, K], 'bias' [K]}``."""
+  d = cov.shape[-1]
+  shrunk = (1.0 - eps) * cov + eps * jnp.trace(cov) / d * jnp.eye(d)
+  kernel = jnp.linalg.solve(shrunk, means.T)
+  bias = -0.5 * jnp.sum(means * kernel.T, axis=-1) + jnp.log(priors)
+  return {"kernel": kernel, "bias": bias}
+
+
+def label_priors(labels, valid, num_classes: int, eps: float):
+  counts = jnp.sum(jax.nn.one_hot(labels, num_classes) * valid[:, None], axis=0)
+  p = counts / jnp.maximum(jnp.sum(counts), 1.0) + eps
+  return p / jnp.sum(p)
+
+
+def mle_stats(feats, labels, valid, global_means, min_count: int):
+  """Local class means (global where a class has ``<= min_count`` examples)
+  and ``scatter/(n-1) + 1e-4 + I`` over the ``valid`` rows."""
+  k, d = global_means.shape
+  onehot = jax.nn.one_hot(labels, k) * valid[:, None]
+  counts = jnp.sum(onehot, axis=0)
+  local = (onehot.T @ feats) / jnp.maximum(counts, 1.0)[:, None]
+  means = jnp.where((counts > min_count)[:, None], local, global_means)
+  centered = jnp.where(valid[:, None], feats - means[labels], 0.0)
+  n = jnp.sum(counts)
+  cov = centered.T @ centered / jnp.maximum(n - 1.0, 1.0) + 1e-4 + jnp.eye(d)
+  return means, cov
+
+
+def cv_folds(labels, valid, num_classes: int, folds: int):
+  """Stratified fold ids ``[M]`` (round-robin per class over a fixed-seed
+  shuffle) and the mask of examples taking part (class count >= folds)."""
+  counts = jnp.sum(jax.nn.one_hot(labels, num_classes) * valid[:, None], axis=0)
+  use = valid & (counts[labels] >= folds)
+  u = jax.random.uniform(jax.random.key(0), labels.shape)
+  key = jnp.where(use, labels, num_classes).astype(jnp.float32) + u
+  order = jnp.argsort(key)
+  sorted_cls = jnp.where(use, labels, num_classes)[order]
+  rank = jnp.arange(labels.shape[0]) - jnp.searchsorted(sorted_cls, sorted_cls, side="left")
+  fold = jnp.zeros_like(labels).at[order].set(rank % folds)
+  return fold, use
+
+
+def search_beta(feats, labels, valid, global_means, global_cov, priors, config):
+  """The (beta_mu, beta_Sigma) grid point of least summed CV cross-entropy."""
+  k = global_means.shape[0]
+  fold, use = cv_folds(labels, valid, k, config.num_cv_folds)
+  grid = jnp.linspace(0.0, 1.0, config.beta_grid)
+
+  def fold_loss(f):
+    test = use & (fold == f)
+    means_f, cov_f = mle_stats(feats, labels, use & (fold != f), global_means,
+                               config.num_cv_folds)
+    means_b = grid[:, None, None] * means_f[None] + (1 - grid[:, None, None]) * global_means[None]
+
+    def for_cov(bc):
+      cov = bc * cov_f + (1.0 - bc) * global_cov
+      head = jax.vmap(lambda m: lda_head(m, cov, priors, config.eps))(means_b)
+      logits = jnp.einsum("md,gdk->gmk", feats, head["kernel"]) + head["bias"][:, None, :]
+      ce = optax.softmax_cross_entropy_with_integer_labels(
+          logits, jnp.broadcast_to(labels, logits.shape[:2]))
+      return jnp.sum(jnp.where(test[None], ce, 0.0), axis=1) / jnp.maximum(jnp.sum(test), 1)
+    return jax.lax.map(for_cov, grid)          # [beta_Sigma, beta_mu]
+
+  loss = sum(fold_loss(f) for f in range(config.num_cv_folds))
+  if config.single_beta:
+    loss = jnp.where(jnp.eye(config.beta_grid, dtype=bool), loss, jnp.inf)
+  best = jnp.argmin(loss.ravel())
+  beta = jnp.stack([grid[best % config.beta_grid], grid[best // config.beta_grid]])
+  return jnp.where(jnp.any(use), beta, 0.0)
+
+
+def pfedfda(*, spec: LocalSpec, params, config: PFedFDAConfig) -> Algorithm:
+  """Builds pFedFDA. Server state: :class:`FDAServer`; client state:
+  :class:`FDAClient`. Metrics: cohort means of ``beta_mu``, ``beta_cov``."""
+  config.validate()
+  dim, num_classes = params[HEAD]["kernel"].shape
+  labels = label_params(params, CLASSIFIER_RULES)
+  inner = spec.program(trainable=lambda epoch: jax.tree.map(lambda lab: lab != HEAD, labels))
+  slots = inner.steps_per_epoch * inner.batch_size
+
+  def prog_init(inputs: LocalInput, data, key):
+    means_g, cov_g = inputs.context
+    valid = jnp.arange(data.idx.shape[0]) < data.count
+    priors = label_priors(data.y[data.idx], valid, num_classes, config.eps)
+    p = {**inputs.params, HEAD: lda_head(means_g, cov_g, priors, config.eps)}
+    return inner.init(LocalInput(p, (means_g, cov_g, priors)), data, key)
+
+  def batch_fn(acc, trained, batch, s):
+    feats, ys, valid = acc
+    h = _features.features(spec.apply, trained[0], batch.x)
+    at = s * inner.batch_size
+    return (jax.lax.dynamic_update_slice(feats, h, (at, 0)),
+            jax.lax.dynamic_update_slice(ys, batch.y, (at,)),
+            jax.lax.dynamic_update_slice(valid, batch.mask, (at,)))
+
+  def finish_fn(trained, acc, metrics):
+    p, (means_g, cov_g, priors) = trained
+    feats, ys, valid = acc
+    means, cov = mle_stats(feats, ys, valid, means_g, config.num_cv_folds)
+    if config.local_beta:
+      beta = jnp.ones((2,), jnp.float32)
+    else:
+      beta = search_beta(feats, ys, valid, means_g, cov_g, priors, config)
+    client = FDAClient(beta[0] * means + (1 - beta[0]) * means_g,
+                       beta[1] * cov + (1 - beta[1]) * cov_g, priors, beta, jnp.asarray(True))
+    return (p, client), {**metrics, "beta_mu": beta[0], "beta_cov": beta[1]}
+
+  acc0 = (jnp.zeros((slots, dim), jnp.float32), jnp.zeros((slots,), jnp.int32),
+          jnp.zeros((slots,), jnp.bool_))
+  program = inner._replace(init=prog_init,
+                           finish=lambda c: ((c.params, c.context), inner.finish(c)[1]))
+  local = _features.append_pass(program, acc0, batch_fn, finish_fn)
+
+  def init(params, num_clients):
+    means = jax.random.uniform(jax.random.key(config.stats_seed), (num_classes, dim))
+    cov = jnp.eye(dim)
+    client = FDAClient(means, cov, jnp.full((num_classes,), 1.0 / num_classes),
+                       jnp.array([1.0, 0.5]), jnp.asarray(False))
+    return FDAServer(params, means, cov), cohort.stack_clients(client, num_clients)
+
+  def broadcast(server, client):
+    return LocalInput(server.params, (server.means, server.cov)), ()
+
+  def finalize(server, client, trained, extra):
+    p, new_client = trained
+    return (p, new_client.means, new_client.cov), new_client, {}
+
+  def aggregate(server, uploads, weights):
+    return FDAServer(*weighted_mean(uploads, weights)), {}
+
+  def personalize(server, client):
+    means = jnp.where(client.trained, client.means, server.means)
+    cov = jnp.where(client.trained, client.cov, server.cov)
+    return {**server.params, HEAD: lda_head(means, cov, client.priors, config.eps)}
+
+  return Algorithm("pfedfda", init, broadcast, local, finalize, aggregate, personalize)
+
+
+def _build(cfg: PFedFDAConfig, *, spec, params) -> Algorithm:
+  return pfedfda(spec=spec, params=params, config=cfg)
+
+
+SPECS = {"pfedfda": AlgorithmSpec(PFedFDAConfig, _build,
+                                  "pFedFDA (McLaughlin et al., NeurIPS 2024)")}

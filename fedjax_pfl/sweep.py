@@ -1,0 +1,141 @@
+"""Sweeps: many experiment cells, resumable, one results file, paper tables.
+
+A sweep config is a Python file defining ``get_sweep(smoke: bool) -> Sweep``
+(see ``experiments/configs/``). :func:`run_sweep` runs the cells in sequence;
+a cell whose ``summary.json`` exists is skipped, and an interrupted cell
+resumes from its last checkpoint, so re-running the same command continues a
+sweep. Results go to ``<out>/results.jsonl`` (one line per finished cell).
+:func:`render_report` groups cells into the paper's table (mean ± std over
+seeds, the paper's number and the difference) as Markdown and a PNG.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from fedjax_pfl import config as config_lib
+from fedjax_pfl import io
+
+
+class Cell(NamedTuple):
+  """One run of a sweep: a unique ``name``, its config, and the labels that
+  place it in the table (``row``, ``column``; seeds are averaged)."""
+  name: str
+  config: config_lib.ExperimentConfig
+  row: str
+  column: str
+
+
+class Sweep(NamedTuple):
+  """A published table or figure to reproduce.
+
+  Attributes:
+    name: file stem of the results.
+    title: what it reproduces (paper, table/figure).
+    cells: the runs.
+    metric: summary key reported (e.g. ``best_accuracy``, FL-bench's "Max
+      Accuracy"; ``best_client_mean_accuracy`` for Fling's protocol).
+    paper: ``{(row, column): value in %}`` published numbers, or empty.
+    plot: optional ``(results, sweep_out_dir, out_png)`` function for figures
+      (it may read each cell's ``cells/<name>/metrics.jsonl``).
+  """
+  name: str
+  title: str
+  cells: Sequence[Cell]
+  metric: str = "best_accuracy"
+  paper: dict = {}
+  plot: Callable[..., None] | None = None
+
+
+def load_sweep(path: str, smoke: bool = False) -> Sweep:
+  """Imports a sweep config file and calls its ``get_sweep(smoke)``."""
+  if not os.path.exists(path):
+    raise config_lib.ConfigError(f"sweep config {path!r} does not exist")
+  folder = os.path.dirname(os.path.abspath(path))
+  if folder not in sys.path:
+    sys.path.insert(0, folder)  # configs import their sibling `_common.py`
+  spec = importlib.util.spec_from_file_location("sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  sweep = module.get_sweep(smoke=smoke)
+  names = [c.name for c in sweep.cells]
+  if len(set(names)) != len(names):
+    raise config_lib.ConfigError(f"sweep {sweep.name}: duplicate cell names")
+  for cell in sweep.cells:
+    config_lib.validate(cell.config)  # every cell checked before any compute
+  return sweep
+
+
+def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
+              log: Callable[[str], None] = print) -> list[dict]:
+  """Runs every unfinished cell; returns all results (one dict per cell)."""
+  from fedjax_pfl import experiment
+  results = []
+  for i, cell in enumerate(sweep.cells):
+    workdir = os.path.join(out, "cells", cell.name)
+    summary_path = os.path.join(workdir, "summary.json")
+    if os.path.exists(summary_path):
+      with open(summary_path) as f:
+        summary = json.load(f)
+      log(f"[{i + 1}/{len(sweep.cells)}] {cell.name}: done, skipped")
+    else:
+      log(f"[{i + 1}/{len(sweep.cells)}] {cell.name}: running")
+      summary = experiment.run(cell.config, workdir, progress=progress, resume=True)
+    results.append({"cell": cell.name, "row": cell.row, "column": cell.column,
+                    "seed": cell.config.train.seed, **summary})
+    io.write_jsonl_atomic(os.path.join(out, "results.jsonl"), results)
+  return results
+
+
+def table(sweep: Sweep, results: Sequence[dict]) -> tuple[str, dict]:
+  """Markdown table: per (row, column) mean ± std (%) over seeds of
+  ``sweep.metric``, the paper's value and the difference."""
+  groups: dict[tuple[str, str], list[float]] = {}
+  for r in results:
+    groups.setdefault((r["row"], r["column"]), []).append(100.0 * r[sweep.metric])
+  rows = list(dict.fromkeys(r["row"] for r in results))
+  cols = list(dict.fromkeys(r["column"] for r in results))
+  head = "| method | " + " | ".join(f"{c} (ours) | {c} (paper) | Δ" for c in cols) + " |"
+  sep = "|---|" + "---|---|---|" * len(cols)
+  lines, stats = [head, sep], {}
+  for row in rows:
+    cells = []
+    for col in cols:
+      vals = groups.get((row, col))
+      paper = sweep.paper.get((row, col))
+      if not vals:
+        cells.append("– | – | –")
+        continue
+      mean, std = float(np.mean(vals)), float(np.std(vals))
+      stats[(row, col)] = (mean, std, len(vals))
+      ours = f"{mean:.2f} ({std:.2f}, n={len(vals)})"
+      cells.append(f"{ours} | {paper:.2f} | {mean - paper:+.2f}" if paper is not None
+                   else f"{ours} | – | –")
+    lines.append(f"| {row} | " + " | ".join(cells) + " |")
+  return "\n".join(lines), stats
+
+
+def render_report(sweep: Sweep, results: Sequence[dict], out_md: str, sweep_out: str,
+                  note: str = "") -> str:
+  """Writes the Markdown report (and the sweep's PNG, if it has a plot)."""
+  text, _ = table(sweep, results)
+  sizes = sorted({(r["dataset"], r["rounds"]) for r in results})
+  body = (f"# {sweep.title}\n\n{note}\n\nMetric: `{sweep.metric}` (%), mean (std, n seeds). "
+          f"Runs: {', '.join(f'{d}, {n} rounds' for d, n in sizes)}.\n\n{text}\n")
+  io.write_text_atomic(out_md, body)
+  if sweep.plot is not None:
+    sweep.plot(list(results), sweep_out, os.path.splitext(out_md)[0] + ".png")
+  return body
+
+
+def with_fields(config: config_lib.ExperimentConfig, **sections: dict[str, Any]):
+  """``config`` with ``section={field: value}`` replaced (helper for configs)."""
+  for section, fields in sections.items():
+    config = dataclasses.replace(config, **{section: dataclasses.replace(
+        getattr(config, section), **fields)})
+  return config

@@ -1,0 +1,78 @@
+"""pFedFDA: the LDA head against NumPy, local statistics at beta = (1, 1)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_pfl.algorithms import _features, pfedfda
+from fedjax_pfl.algorithms.pfedfda import PFedFDAConfig
+from fedjax_pfl.core import cohort, rng
+from tests.helpers import make_sim, tiny_data
+
+
+def test_lda_head_matches_numpy():
+  rs = np.random.default_rng(0)
+  k, d, eps = 4, 6, 1e-2
+  means = rs.normal(size=(k, d))
+  a = rs.normal(size=(d, d))
+  cov = a @ a.T + 0.5 * np.eye(d)
+  priors = np.array([0.1, 0.2, 0.3, 0.4])
+  head = pfedfda.lda_head(jnp.asarray(means, jnp.float32), jnp.asarray(cov, jnp.float32),
+                          jnp.asarray(priors, jnp.float32), eps)
+  shrunk = (1 - eps) * cov + eps * np.trace(cov) / d * np.eye(d)
+  w = (np.linalg.inv(shrunk) @ means.T).T                       # [K, D]
+  b = -0.5 * np.diag(means @ np.linalg.inv(shrunk) @ means.T) + np.log(priors)
+  np.testing.assert_allclose(head["kernel"], w.T, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(head["bias"], b, rtol=1e-4, atol=1e-5)
+
+
+def test_cv_folds_are_stratified():
+  labels = jnp.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 0, 1, 1])
+  valid = jnp.arange(12) < 11                                   # last slot is padding
+  fold, use = pfedfda.cv_folds(labels, valid, 4, 2)
+  np.testing.assert_array_equal(use, np.asarray(valid))         # every class has >= 2
+  for c, n in ((0, 5), (1, 4), (2, 2)):
+    f = np.asarray(fold)[np.asarray(use) & (np.asarray(labels) == c)]
+    assert len(f) == n and abs(int(np.sum(f == 0)) - int(np.sum(f == 1))) <= 1
+  _, use1 = pfedfda.cv_folds(labels, jnp.arange(12) < 8, 4, 2)  # class 2 has one example
+  assert not bool(use1[7]) and bool(use1[6])
+
+
+def test_local_beta_uses_the_local_statistics():
+  cfg = PFedFDAConfig(local_beta=True)
+  sim, p0 = make_sim("pfedfda", cfg)
+  alg, data = sim.algorithm, tiny_data()
+  state = sim.init(p0)
+  client = jax.tree.map(lambda a: a[0], state.clients)
+  cdata = cohort.client_data(sim.data, 0)
+
+  @jax.jit
+  def run(server, client, key):
+    inputs, extra = alg.broadcast(server, client)
+    prog = alg.local_train
+    carry = jax.lax.fori_loop(0, prog.num_steps, lambda t, c: prog.step(c, t, cdata),
+                              prog.init(inputs, cdata, key))
+    trained, metrics = prog.finish(carry)
+    return alg.finalize(server, client, trained, extra), metrics
+
+  (upload, new, _), metrics = run(state.server, client, rng.client_key(sim.train_key, 0, 0))
+  np.testing.assert_array_equal(new.beta, [1.0, 1.0])
+  n = int(data.train_counts[0])                                 # 14: all batches >= 2
+  idx = data.train_idx[0, :n]
+  feats = np.asarray(_features.features(sim.apply_fn, upload[0], jnp.asarray(data.x[idx])),
+                     np.float64)
+  ys = data.y[idx]
+  means = np.asarray(state.server.means, np.float64).copy()
+  for c in range(data.num_classes):
+    if np.sum(ys == c) > cfg.num_cv_folds:
+      means[c] = feats[ys == c].mean(0)
+  centred = feats - means[ys]
+  cov = centred.T @ centred / (n - 1) + 1e-4 + np.eye(feats.shape[1])
+  np.testing.assert_allclose(new.means, means, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(new.cov, cov, rtol=1e-4, atol=1e-5)
+  counts = np.bincount(ys, minlength=data.num_classes) / n + cfg.eps
+  np.testing.assert_allclose(new.priors, counts / counts.sum(), rtol=1e-6)
+  assert bool(new.trained)
+  # The head trained against was frozen at LDA(global stats, local priors).
+  head = pfedfda.lda_head(state.server.means, state.server.cov, new.priors, cfg.eps)
+  np.testing.assert_allclose(upload[0]["classifier"]["kernel"], head["kernel"], rtol=1e-6)
