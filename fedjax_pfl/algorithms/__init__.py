@@ -32,7 +32,6 @@ _MODULES = [
     "flute",
     "pfedfda",
     "floco",
-    "fedobp_fisher",
 ]
 
 REGISTRY: dict[str, AlgorithmSpec] = {}

@@ -7,7 +7,11 @@ Per sampled client i in round t (spec §2.4, computed server-side):
 
 * score ``I = (theta_i^last - theta_bar^t)^2`` (Eq. 19; ``score="abs_diff_local"``
   gives the Jan-2025 reference code's ``|Delta * theta_local|``, ``"abs_diff"``
-  the gradient-based ``|Delta|`` of Fig. 4);
+  the gradient-based ``|Delta|`` of Fig. 4, ``"fisher"`` the empirical Fisher
+  of the client's last model over its own train set, computed in one extra
+  pass right after local training and kept with the client (FedDPA's
+  estimator; a client that never trained has an all-zero Fisher, hence no
+  personal entry));
 * optional normalization (``none`` / ``global`` / ``layer``) and ONE quantile
   threshold ``tau = Quantile_q(s)`` over the scored entries (Eq. 7-8);
 * merge ``theta~_i = where(s > tau, theta_i^last, theta_bar)`` (Eq. 9);
@@ -43,6 +47,8 @@ from fedjax_pfl.core.local import LocalProgram
 from fedjax_pfl.models.base import scope_mask
 from fedjax_pfl.ops.aggregation import weighted_mean
 
+SCORES = (*ops.SCORE_FNS, "fisher")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FedOBPConfig:
@@ -54,7 +60,8 @@ class FedOBPConfig:
     norm: ``"none"``, ``"global"`` (reference default; ranks like ``none``) or
       ``"layer"`` (per-tensor min-max).
     scope: ``"all"`` or ``"classifier"`` (the CLS variant).
-    score: ``"sq_diff"`` (Eq. 19), ``"abs_diff_local"`` or ``"abs_diff"``.
+    score: ``"sq_diff"`` (Eq. 19), ``"abs_diff_local"``, ``"abs_diff"`` or
+      ``"fisher"`` (the scores compared in the paper's Fig. 4).
     ema: smooth scores over a client's participations (reference-code option).
     ema_alpha: weight ``a`` of the previous EMA, in [0, 1).
   """
@@ -72,23 +79,27 @@ class FedOBPConfig:
       raise ValueError(f"fedobp.norm={self.norm!r}; allowed: {list(ops.NORMS)}")
     if self.scope not in ("all", "classifier"):
       raise ValueError(f"fedobp.scope={self.scope!r}; allowed: ['all', 'classifier']")
-    if self.score not in ops.SCORE_FNS:
-      raise ValueError(f"fedobp.score={self.score!r}; allowed: {sorted(ops.SCORE_FNS)}")
+    if self.score not in SCORES:
+      raise ValueError(f"fedobp.score={self.score!r}; allowed: {sorted(SCORES)}")
     if not 0.0 <= self.ema_alpha < 1.0:
       raise ValueError(f"fedobp.ema_alpha={self.ema_alpha}; allowed: [0, 1)")
 
 
 class FedOBPClient(NamedTuple):
-  """Per-client state (stacked ``[N, ...]``): last uploaded model, EMA scores."""
+  """Per-client state (stacked ``[N, ...]``): last uploaded model, EMA scores,
+  and the Fisher of ``last`` (``score="fisher"`` only)."""
   last: Any
   ema: Any
+  fisher: Any = ()
 
 
 def fedobp(*, local: LocalProgram, config: FedOBPConfig, scope: Any = None) -> Algorithm:
   """Builds FedOBP.
 
   Args:
-    local: the local training program (E epochs of SGD).
+    local: the local training program (E epochs of SGD); with
+      ``score="fisher"`` it must finish with ``(params, fisher)`` (see
+      ``feddpa.with_fisher``).
     config: :class:`FedOBPConfig`.
     scope: optional bool pytree of scored entries (``models.scope_mask``);
       must agree with ``config.scope``.
@@ -103,9 +114,13 @@ def fedobp(*, local: LocalProgram, config: FedOBPConfig, scope: Any = None) -> A
   """
   config.validate()
   q = config.quantile
+  fisher = config.score == "fisher"
 
   def scores_of(server, client):
-    scores = ops.fedobp_scores(client.last, server, score=config.score)
+    if fisher:
+      scores = client.fisher
+    else:
+      scores = ops.fedobp_scores(client.last, server, score=config.score)
     if config.ema:
       scores = ops.ema_scores(scores, client.ema, config.ema_alpha)
     return scores
@@ -116,8 +131,9 @@ def fedobp(*, local: LocalProgram, config: FedOBPConfig, scope: Any = None) -> A
     return ops.masked_merge(keep, client.last, server), keep, scores
 
   def init(params, num_clients):
-    ema = jax.tree.map(jnp.zeros_like, params) if config.ema else ()
-    return params, cohort.stack_clients(FedOBPClient(params, ema), num_clients)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    client = FedOBPClient(params, zeros if config.ema else (), zeros if fisher else ())
+    return params, cohort.stack_clients(client, num_clients)
 
   def broadcast(server, client):
     merged, keep, scores = decouple(server, client)
@@ -136,7 +152,8 @@ def fedobp(*, local: LocalProgram, config: FedOBPConfig, scope: Any = None) -> A
 
   def finalize(server, client, trained, extra):
     ema, metrics = extra
-    return trained, FedOBPClient(trained, ema), metrics
+    params, new_fisher = trained if fisher else (trained, ())
+    return params, FedOBPClient(params, ema, new_fisher), metrics
 
   def aggregate(server, uploads, weights):
     return weighted_mean(uploads, weights), {}
@@ -148,7 +165,11 @@ def fedobp(*, local: LocalProgram, config: FedOBPConfig, scope: Any = None) -> A
 
 
 def _build(cfg: FedOBPConfig, *, spec, params) -> Algorithm:
-  return fedobp(local=spec.program(), config=cfg, scope=scope_mask(params, cfg.scope))
+  local = spec.program()
+  if cfg.score == "fisher":
+    from fedjax_pfl.algorithms.feddpa import with_fisher
+    local = with_fisher(local, spec.apply, params, lambda p, f: (p, f))
+  return fedobp(local=local, config=cfg, scope=scope_mask(params, cfg.scope))
 
 
 SPECS = {"fedobp": AlgorithmSpec(FedOBPConfig, _build, "FedOBP (Chen et al., arXiv:2604.16574)")}

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from fedjax_pfl.algorithms.fedobp_fisher import FedOBPFisherConfig
+from fedjax_pfl.algorithms.fedobp import FedOBPConfig
 from fedjax_pfl.algorithms.fedselect import FedSelectConfig
 from fedjax_pfl.algorithms.floco import FlocoConfig
 from fedjax_pfl.core import cohort
@@ -21,7 +21,7 @@ CONFIGS = {
     "flute": None,
     "pfedfda": None,
     "floco": FlocoConfig(tau=1, endpoints=3),            # projection, then ball sampling
-    "fedobp_fisher": FedOBPFisherConfig(quantile=0.8),
+    "fedobp": FedOBPConfig(quantile=0.8, score="fisher"),   # the Fisher-score path
 }
 NAMES = sorted(CONFIGS)
 SEQ_PY = cohort.Execution(parallelism="sequential", step_loop="python")

@@ -1,11 +1,11 @@
-"""FedOBP with the Fisher score: FedAvg at q = 1, the stored Fisher by hand."""
+"""FedOBP with score="fisher": FedAvg at q = 1, the stored Fisher by hand."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_pfl.algorithms.fedobp_fisher import FedOBPFisherConfig
+from fedjax_pfl.algorithms.fedobp import FedOBPConfig
 from fedjax_pfl.core.local import num_batches
 from tests.helpers import make_sim, run_rounds, tiny_data
 
@@ -24,7 +24,7 @@ def _fisher_by_hand(apply_fn, params, x, y):
 def test_quantile_one_equals_fedavg_and_fisher_matches_hand_computation():
   data = tiny_data()
   sim_avg, p0 = make_sim("fedavg")
-  sim, _ = make_sim("fedobp_fisher", FedOBPFisherConfig(quantile=1.0))
+  sim, _ = make_sim("fedobp", FedOBPConfig(quantile=1.0, score="fisher"))
   _, h_avg = run_rounds(sim_avg, p0, 2)
   state, h = run_rounds(sim, p0, 2)
   for (s_avg, _), (s, m) in zip(h_avg, h):
@@ -44,7 +44,7 @@ def test_quantile_one_equals_fedavg_and_fisher_matches_hand_computation():
 
 
 def test_merge_keeps_the_entries_above_the_fisher_quantile():
-  sim, p0 = make_sim("fedobp_fisher", FedOBPFisherConfig(quantile=0.5, norm="none"))
+  sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.5, norm="none", score="fisher"))
   state, history = run_rounds(sim, p0, 2)
   assert 0.0 < history[-1][1]["personalized_fraction"] <= 0.5
   i = int(sim.cohort(1)[0])
