@@ -53,6 +53,7 @@ class TrainConfig:
   eval_batch_size: int = 256
   checkpoint_every: int = 10
   keep_checkpoints: int = 3
+  finetune_epochs: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -120,6 +121,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
   _check(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every,
          ">= 0 (0: only at the end)")
   _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, ">= 1")
+  _check(t.finetune_epochs >= 0, "train.finetune_epochs", t.finetune_epochs,
+         ">= 0 (0: no evaluation after fine-tuning)")
   _check(s.parallelism in ("auto", "vmap", "sequential"), "system.parallelism",
          s.parallelism, "auto, vmap, sequential")
   _check(s.step_loop in ("auto", "scan", "python"), "system.step_loop", s.step_loop,

@@ -58,9 +58,12 @@ def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulat
                    t.local_epochs, t.batch_size, int(data.train_idx.shape[1]),
                    model.apply_train, model.state_mask, t.lr)
   alg = algorithms.build(config.algorithm, config.algo, spec=spec, params=params0)
+  finetune = None
+  if t.finetune_epochs and alg.eval_apply is None:
+    finetune = spec.program(epochs=t.finetune_epochs)
   sim = Simulation(alg, model.apply, data, seed=t.seed, participation=t.participation,
                    execution=resolve_execution(config.system),
-                   eval_batch_size=t.eval_batch_size)
+                   eval_batch_size=t.eval_batch_size, finetune=finetune)
   return sim, params0
 
 
@@ -75,6 +78,8 @@ def _summary(config, records: list[dict], seconds: float) -> dict:
       "final_loss": final["loss"],
       "best_accuracy": best["accuracy"], "best_round": best["round"],
       "best_client_mean_accuracy": best_mean["client_mean_accuracy"],
+      **({"best_finetuned_accuracy": max(r["finetuned/accuracy"] for r in records)}
+         if "finetuned/accuracy" in final else {}),
       "total_uplink_MiB": round(final.get("comm_totals", {}).get("uplink_MiB", 0.0), 3),
       "total_downlink_MiB": round(final.get("comm_totals", {}).get("downlink_MiB", 0.0), 3),
       "seconds": round(seconds, 2),
@@ -139,6 +144,9 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
       if state.round % t.eval_every == 0 or last:
         record = {"round": state.round, "seconds": round(time.perf_counter() - start, 3),
                   **round_metrics, **sim.evaluate(state), "comm_totals": dict(comm)}
+        if sim.finetune is not None:
+          tuned = sim.evaluate_finetuned(state)
+          record.update({f"finetuned/{k}": v for k, v in tuned.items()})
         _check_finite(record, state.round)
         records.append(record)
         if writer:

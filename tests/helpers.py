@@ -63,7 +63,8 @@ def tiny_image_data(num_clients=6, seed=0, hw=16):
 
 
 def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, participation=0.5,
-             epochs=2, batch_size=4, lr=0.1, momentum=0.5, seed=0, model=None):
+             epochs=2, batch_size=4, lr=0.1, momentum=0.5, seed=0, model=None,
+             finetune_epochs=0):
   data = data or tiny_data()
   model = model or tiny_model(data.num_classes)
   import jax
@@ -74,8 +75,9 @@ def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, part
   entry = algorithms.REGISTRY[name]
   alg = entry.build(algo_config or entry.config_cls(), spec=spec, params=params0)
   execution = execution or cohort.Execution()
+  finetune = spec.program(epochs=finetune_epochs) if finetune_epochs else None
   sim = Simulation(alg, model.apply, data, seed=seed, participation=participation,
-                   execution=execution, eval_batch_size=2)
+                   execution=execution, eval_batch_size=2, finetune=finetune)
   return sim, params0
 
 

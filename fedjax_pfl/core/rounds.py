@@ -54,11 +54,12 @@ class Simulation:
     participation: fraction ``rho`` in (0, 1] of clients per round.
     execution: client-parallel strategy (``cohort.Execution``).
     eval_batch_size: test examples per forward pass.
+    finetune: optional ``LocalProgram`` for :meth:`evaluate_finetuned`.
   """
 
   def __init__(self, algorithm: Algorithm, apply_fn: Callable[..., jax.Array], data: Any, *,
                seed: int, participation: float, execution: cohort_lib.Execution,
-               eval_batch_size: int = 256):
+               eval_batch_size: int = 256, finetune: Any = None):
     self.algorithm = algorithm
     self.apply_fn = algorithm.eval_apply or apply_fn
     self.num_clients = int(data.train_idx.shape[0])
@@ -73,17 +74,23 @@ class Simulation:
     self.init_key = rng.stream_key(root, "init")
     self.sample_key = rng.stream_key(root, "sample")
     self.train_key = rng.stream_key(root, "train")
+    self.eval_key = rng.stream_key(root, "eval")
     self.task = self._make_task()
+    self.finetune = finetune
+    if finetune is not None:
+      self._ft_task = self._finetune_task()
+      self._finetune_fused = jax.jit(lambda server, clients, ids, key: self.executor.map_traced(
+          self._ft_task, (server, key), clients, self.data, ids))
     self._sample = jax.jit(rng.sample_cohort, static_argnums=(2, 3))
     self._round_key = jax.jit(jax.random.fold_in)
     self._finish_round = jax.jit(self._aggregate_and_scatter)
     rep, by_client = self.executor.replicated(), self.executor.client_sharding()
     if rep is None:
       self._fused_round = jax.jit(self._fused)
-      self._eval_traced = jax.jit(self._evaluate_traced)
+      self._eval_traced = jax.jit(self._evaluate_traced, static_argnums=2)
     else:  # outputs the host can read on every process; client state split over clients
       self._fused_round = jax.jit(self._fused, out_shardings=(rep, by_client, rep))
-      self._eval_traced = jax.jit(self._evaluate_traced, out_shardings=rep)
+      self._eval_traced = jax.jit(self._evaluate_traced, out_shardings=rep, static_argnums=2)
 
   # -- per-client pieces ----------------------------------------------------
   def _make_task(self) -> cohort_lib.ClientTask:
@@ -166,27 +173,63 @@ class Simulation:
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.stack([correct.astype(jnp.float32), jnp.sum(jnp.where(mask, ce, 0.0))])
 
-  def _evaluate_traced(self, server, clients):
+  def _evaluate_traced(self, server, clients, prepare):
     num_batches = -(-self.data.test_idx.shape[1] // self.eval_batch_size)
 
     def one(shared, client, cdata):
-      params = self.algorithm.personalize(shared, client)
+      params = prepare(shared, client)
       sums = jax.lax.map(lambda b: self._batch_sums(params, cdata, b), jnp.arange(num_batches))
       return jnp.sum(sums, axis=0)
     ids = jnp.arange(self.num_clients, dtype=jnp.int32)
     return self.executor.map_clients(one, server, clients, self.data, ids)
 
+  def _evaluate_with(self, prepare, shared, stacked) -> Metrics:
+    if self.executor.execution.parallelism == "vmap":
+      sums = np.asarray(self._eval_traced(shared, stacked, prepare))
+    else:
+      per_client = self.executor.eval_host(prepare, self._batch_sums, shared, stacked,
+                                           self.data, self.test_counts, self.eval_batch_size)
+      sums = np.stack([np.zeros(2) if s is None else np.asarray(s) for s in per_client])
+    return summarize_eval(sums[:, 0], sums[:, 1], self.test_counts)
+
   def evaluate(self, state: SimState) -> Metrics:
     """Evaluates every client with ``personalize``: pooled (sample-weighted)
     accuracy, unweighted client-mean accuracy, pooled loss, per-client lists."""
-    if self.executor.execution.parallelism == "vmap":
-      sums = np.asarray(self._eval_traced(state.server, state.clients))
+    return self._evaluate_with(self.algorithm.personalize, state.server, state.clients)
+
+  def _finetune_task(self) -> cohort_lib.ClientTask:
+    alg, ft = self.algorithm, self.finetune
+
+    def prologue(shared, client, cdata, cid):
+      server, key = shared
+      return ft.init(alg.personalize(server, client), cdata, jax.random.fold_in(key, cid))
+
+    def epilogue(shared, client, state):
+      return ft.finish(state)[0]
+    return cohort_lib.ClientTask(prologue, ft.step, epilogue, ft.num_steps, ft.active_steps)
+
+  def evaluate_finetuned(self, state: SimState) -> Metrics:
+    """FL-bench's "after fine-tuning" numbers: every client trains its
+    personalized model for ``finetune`` epochs on its own train set (keys from
+    the ``eval`` stream, (seed, round, client id)), then is evaluated. The
+    state is not changed. Requires a ``finetune`` program."""
+    if self.finetune is None:
+      raise ValueError("evaluate_finetuned needs Simulation(finetune=...)")
+    ids, valid = self.executor.pad_cohort(np.arange(self.num_clients))
+    key = self._round_key(self.eval_key, state.round)
+    if self.executor.fused:
+      tuned = self._finetune_fused(state.server, state.clients, *self.executor.put((ids, key)))
     else:
-      per_client = self.executor.eval_host(
-          self.algorithm.personalize, self._batch_sums, state.server, state.clients,
-          self.data, self.test_counts, self.eval_batch_size)
-      sums = np.stack([np.zeros(2) if s is None else np.asarray(s) for s in per_client])
-    return summarize_eval(sums[:, 0], sums[:, 1], self.test_counts)
+      counts = self.train_counts[np.minimum(ids, self.num_clients - 1)]
+      tuned = self.executor.map_host(self._ft_task, (state.server, key), state.clients,
+                                     self.data, ids, counts)
+    tuned = jax.tree.map(lambda a: a[:self.num_clients], tuned)
+    return self._evaluate_with(_own_params, (), tuned)
+
+
+def _own_params(shared, client):
+  del shared
+  return client
 
 
 BYTES_PER_VALUE = 4  # fp32

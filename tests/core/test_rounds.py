@@ -183,3 +183,34 @@ def test_communication_accounting_by_hand():
   assert m["downlink_values"] == pytest.approx(num - personal, abs=1e-3)
   assert m["downlink_bytes"] == pytest.approx(4 * (num - personal) + num / 8, abs=1e-2)
   assert m["downlink_ratio"] == pytest.approx((num - personal) / num, abs=1e-6)
+
+
+def test_finetuned_evaluation_matches_a_hand_run_and_leaves_state_alone():
+  sim, p0 = make_sim("fedavg", finetune_epochs=1)
+  state, _ = run_rounds(sim, p0, 1)
+  before = jax.tree.map(np.asarray, state.server)
+  tuned = sim.evaluate_finetuned(state)
+  chex.assert_trees_all_equal(before, state.server)
+  # Client 0 by hand: one epoch from the global model with its (seed, round, id) key.
+  data = tiny_data()
+  cdata = cohort.client_data(sim.data, 0)
+  key = jax.random.fold_in(jax.random.fold_in(sim.eval_key, state.round), 0)
+  carry = sim.finetune.init(state.server, cdata, key)
+  for t in range(sim.finetune.num_steps):
+    carry = sim.finetune.step(carry, jnp.int32(t), cdata)
+  params = sim.finetune.finish(carry)[0]
+  idx = data.test_idx[0, :data.test_counts[0]]
+  pred = np.asarray(sim.apply_fn(params, data.x[idx])).argmax(-1)
+  assert tuned["client_accuracy"][0] == pytest.approx(np.mean(pred == data.y[idx]))
+  assert tuned["accuracy"] != sim.evaluate(state)["accuracy"]
+
+
+def test_finetuned_evaluation_is_strategy_invariant():
+  ref_sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8), finetune_epochs=1)
+  sim, _ = make_sim("fedobp", FedOBPConfig(quantile=0.8), finetune_epochs=1,
+                    execution=EXECUTIONS["vmap-scan-4dev"])
+  ref, _ = run_rounds(ref_sim, p0, 1)
+  got, _ = run_rounds(sim, p0, 1)
+  a, b = ref_sim.evaluate_finetuned(ref), sim.evaluate_finetuned(got)
+  assert a["accuracy"] == pytest.approx(b["accuracy"])
+  assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
