@@ -112,7 +112,7 @@ def fisher_batch_fn(apply_fn):
   over the batch's real examples (per-example grads by vmap over examples)."""
   def log_prob(params, x, y):
     return jax.nn.log_softmax(apply_fn(params, x[None]))[0, y]
-  per_example = jax.vmap(jax.grad(log_prob), in_axes=(None, 0, 0))
+  per_example = jax.vmap(jax.grad(log_prob), in_axes=(None, 0, 0))  # vmap over examples, not clients
 
   def batch_fn(acc, params, batch, s):
     del s

@@ -165,7 +165,7 @@ def floco(*, spec: LocalSpec, params, config: FlocoConfig) -> Algorithm:
   def init(params, num_clients):
     std = jnp.sqrt(2.0 / (dim + num_classes))
     keys = jax.random.split(jax.random.key(config.init_seed), m)
-    ends = jax.vmap(lambda k: std * jax.random.normal(k, (dim, num_classes)))(keys)
+    ends = jax.vmap(lambda k: std * jax.random.normal(k, (dim, num_classes)))(keys)  # vmap over endpoints, not clients
     server = FlocoServer({"model": params, "endpoints": ends}, jnp.zeros((), jnp.int32),
                          jnp.zeros((num_clients, ends.size)), jnp.tile(center, (num_clients, 1)))
     return server, jnp.arange(num_clients, dtype=jnp.int32)

@@ -158,7 +158,7 @@ def search_beta(feats, labels, valid, global_means, global_cov, priors, config):
 
     def for_cov(bc):
       cov = bc * cov_f + (1.0 - bc) * global_cov
-      head = jax.vmap(lambda m: lda_head(m, cov, priors, config.eps))(means_b)
+      head = jax.vmap(lambda m: lda_head(m, cov, priors, config.eps))(means_b)  # vmap over the beta grid, not clients
       logits = jnp.einsum("md,gdk->gmk", feats, head["kernel"]) + head["bias"][:, None, :]
       ce = optax.softmax_cross_entropy_with_integer_labels(
           logits, jnp.broadcast_to(labels, logits.shape[:2]))
