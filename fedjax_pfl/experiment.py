@@ -80,10 +80,18 @@ def _summary(config, records: list[dict], seconds: float) -> dict:
       "best_client_mean_accuracy": best_mean["client_mean_accuracy"],
       **({"best_finetuned_accuracy": max(r["finetuned/accuracy"] for r in records)}
          if "finetuned/accuracy" in final else {}),
-      "total_uplink_MiB": round(final.get("comm_totals", {}).get("uplink_MiB", 0.0), 3),
-      "total_downlink_MiB": round(final.get("comm_totals", {}).get("downlink_MiB", 0.0), 3),
+      **_comm_summary(final.get("comm_totals", {})),
       "seconds": round(seconds, 2),
   }
+
+
+def _comm_summary(totals: dict) -> dict:
+  """Run totals and per-client-round means of the communication (MiB = 2^20 B)."""
+  n = max(totals.get("client_rounds", 0.0), 1.0)
+  up, down = totals.get("uplink_MiB", 0.0), totals.get("downlink_MiB", 0.0)
+  return {"total_uplink_MiB": round(up, 3), "total_downlink_MiB": round(down, 3),
+          "uplink_MiB_per_client_round": round(up / n, 4),
+          "downlink_MiB_per_client_round": round(down / n, 4)}
 
 
 def summary_markdown(summary: dict) -> str:
@@ -140,6 +148,7 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
       _check_finite(round_metrics, state.round)
       for key in ("uplink", "downlink"):
         comm[f"{key}_MiB"] = comm.get(f"{key}_MiB", 0.0) + round_metrics[f"round_{key}_bytes"] / MIB
+      comm["client_rounds"] = comm.get("client_rounds", 0.0) + round_metrics["round_clients"]
       last = state.round == t.rounds
       if state.round % t.eval_every == 0 or last:
         record = {"round": state.round, "seconds": round(time.perf_counter() - start, 3),

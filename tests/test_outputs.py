@@ -58,3 +58,15 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
   with open(path) as f:
     assert '"a": 1' in f.read()
   assert [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")] == []
+
+
+def test_summary_reports_communication_per_client_round(two_runs):
+  import json
+  with open(os.path.join(two_runs[0], "summary.json")) as f:   # fedavg, digits MLP
+    summary = json.load(f)
+  params = 64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10       # 26,122
+  assert summary["uplink_MiB_per_client_round"] == round(4 * params / 2**20, 4)
+  assert summary["downlink_MiB_per_client_round"] == round(4 * params / 2**20, 4)
+  with open(os.path.join(two_runs[1], "summary.json")) as f:   # Local-Only sends nothing
+    local = json.load(f)
+  assert local["uplink_MiB_per_client_round"] == local["downlink_MiB_per_client_round"] == 0.0

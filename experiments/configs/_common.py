@@ -51,8 +51,9 @@ def fedobp_setup(method: str, dataset: str, alpha: float, seed: int, *,
 
 def cell_metrics(sweep_out: str, cell: str) -> list[dict]:
   """The evaluation records of one finished cell."""
-  from fedjax_pfl import io
   import os
+
+  from fedjax_pfl import io
   return io.read_jsonl(os.path.join(sweep_out, "cells", cell, "metrics.jsonl"))
 
 

@@ -138,6 +138,7 @@ class Simulation:
     clients = cohort_lib.scatter(clients, ids, new_clients, valid)
     w = valid.astype(jnp.float32)
     totals = {f"round_{k}": jnp.sum(metrics[k] * w) for k in ("uplink_bytes", "downlink_bytes")}
+    totals["round_clients"] = jnp.sum(w)
     return server, clients, {**_mean_valid(metrics, valid), **totals, **agg_metrics}
 
   def _fused(self, server, clients, ids, valid, round_key):
