@@ -20,6 +20,8 @@ _FLAGS = {
     "alpha": ("data", "alpha", float), "clients": ("data", "num_clients", int),
     "test_ratio": ("data", "test_ratio", float),
     "max_examples": ("data", "max_examples", int),
+    "train_per_client": ("data", "train_per_client", int),
+    "test_per_client": ("data", "test_per_client", int),
     "participation": ("train", "participation", float), "rounds": ("train", "rounds", int),
     "local_epochs": ("train", "local_epochs", int), "batch_size": ("train", "batch_size", int),
     "lr": ("train", "lr", float), "momentum": ("train", "momentum", float),

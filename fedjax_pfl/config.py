@@ -16,7 +16,10 @@ from fedjax_pfl.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-  """Dataset and partition (FL-bench Dirichlet procedure by default)."""
+  """Dataset and partition (FL-bench Dirichlet procedure by default;
+  ``partition="fling"`` is FedCAC/FedPURIN's: per-client class mixes from
+  Dir(alpha), ``train_per_client`` / ``test_per_client`` samples drawn from the
+  official train / test splits)."""
   dataset: str = "digits"
   data_dir: str | None = None
   source: str = "auto"
@@ -29,6 +32,8 @@ class DataConfig:
   test_ratio: float = 0.25
   seed: int = 42
   max_examples: int | None = None
+  train_per_client: int = 500
+  test_per_client: int = 100
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,6 +109,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
          d.min_samples_per_client, ">= 0")
   _check(d.max_retries >= 1, "data.max_retries", d.max_retries, ">= 1")
   _check(0 <= d.test_ratio < 1, "data.test_ratio", d.test_ratio, "[0, 1)")
+  _check(d.train_per_client >= 1, "data.train_per_client", d.train_per_client, ">= 1")
+  _check(d.test_per_client >= 1, "data.test_per_client", d.test_per_client, ">= 1")
   _check(d.max_examples is None or d.max_examples >= d.num_clients, "data.max_examples",
          d.max_examples, f"None or >= data.num_clients ({d.num_clients})")
   from fedjax_pfl.models import MODELS

@@ -40,7 +40,8 @@ def load_data(cfg: config_lib.DataConfig):
       cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, partition=cfg.partition,
       num_clients=cfg.num_clients, alpha=cfg.alpha, shards_per_client=cfg.shards_per_client,
       min_samples_per_client=cfg.min_samples_per_client, max_retries=cfg.max_retries,
-      test_ratio=cfg.test_ratio, seed=cfg.seed, max_examples=cfg.max_examples)
+      test_ratio=cfg.test_ratio, seed=cfg.seed, max_examples=cfg.max_examples,
+      train_per_client=cfg.train_per_client, test_per_client=cfg.test_per_client)
 
 
 def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulation, Any]:

@@ -43,6 +43,7 @@ class Sweep(NamedTuple):
     paper: ``{(row, column): value in %}`` published numbers, or empty.
     plot: optional ``(results, sweep_out_dir, out_png)`` function for figures
       (it may read each cell's ``cells/<name>/metrics.jsonl``).
+    scale: factor applied to the metric in the table (100: fractions as %).
   """
   name: str
   title: str
@@ -50,6 +51,7 @@ class Sweep(NamedTuple):
   metric: str = "best_accuracy"
   paper: dict = {}
   plot: Callable[..., None] | None = None
+  scale: float = 100.0
 
 
 def load_sweep(path: str, smoke: bool = False) -> Sweep:
@@ -93,11 +95,11 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
 
 
 def table(sweep: Sweep, results: Sequence[dict]) -> tuple[str, dict]:
-  """Markdown table: per (row, column) mean ± std (%) over seeds of
-  ``sweep.metric``, the paper's value and the difference."""
+  """Markdown table: per (row, column) mean ± std over seeds of
+  ``sweep.scale * sweep.metric``, the paper's value and the difference."""
   groups: dict[tuple[str, str], list[float]] = {}
   for r in results:
-    groups.setdefault((r["row"], r["column"]), []).append(100.0 * r[sweep.metric])
+    groups.setdefault((r["row"], r["column"]), []).append(sweep.scale * r[sweep.metric])
   rows = list(dict.fromkeys(r["row"] for r in results))
   cols = list(dict.fromkeys(r["column"] for r in results))
   head = "| method | " + " | ".join(f"{c} (ours) | {c} (paper) | Δ" for c in cols) + " |"
@@ -125,7 +127,8 @@ def render_report(sweep: Sweep, results: Sequence[dict], out_md: str, sweep_out:
   """Writes the Markdown report (and the sweep's PNG, if it has a plot)."""
   text, _ = table(sweep, results)
   sizes = sorted({(r["dataset"], r["rounds"]) for r in results})
-  body = (f"# {sweep.title}\n\n{note}\n\nMetric: `{sweep.metric}` (%), mean (std, n seeds). "
+  unit = "%" if sweep.scale == 100.0 else f"x{sweep.scale:g}"
+  body = (f"# {sweep.title}\n\n{note}\n\nMetric: `{sweep.metric}` ({unit}), mean (std, n seeds). "
           f"Runs: {', '.join(f'{d}, {n} rounds' for d, n in sizes)}.\n\n{text}\n")
   io.write_text_atomic(out_md, body)
   if sweep.plot is not None:

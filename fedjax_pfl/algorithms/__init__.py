@@ -32,6 +32,16 @@ _MODULES = [
     "flute",
     "pfedfda",
     "floco",
+    "ffgg",
+    "fedalt",
+    "flexp_sfl",
+    "splitfed",
+    "fling_fedavg",
+    "fedbn",
+    "pfedsd",
+    "separate",
+    "fedcac",
+    "fedpurin",
 ]
 
 REGISTRY: dict[str, AlgorithmSpec] = {}

@@ -99,6 +99,9 @@ class PartitionOptions(NamedTuple):
   min_samples_per_client: int
   max_retries: int
   test_ratio: float
+  train_per_client: int = 500
+  test_per_client: int = 100
+  seed: int = 0
 
 
 # (pooled labels [T], is_official_test [T] bool, options, rng) -> (train_lists, test_lists)
@@ -121,10 +124,29 @@ def _pooled(
   return fn
 
 
+def _fling(y, is_official_test, opts, rng):
+  """Fling / FedCAC / FedPURIN: ``train_per_client`` examples per client from
+  the official train split and ``test_per_client`` from the official test
+  split, both with ``RandomState(seed)`` (same class mix ``q``); see
+  :func:`~fedjax_pfl.data.partition.fling_dirichlet_sampling`."""
+  del rng  # Fling seeds its own RandomState with the data seed.
+  train_pos, test_pos = np.flatnonzero(~is_official_test), np.flatnonzero(is_official_test)
+  if not train_pos.size or not test_pos.size:
+    raise partition_lib.PartitionError(
+      "partition='fling' samples clients from the official train AND test splits; this "
+      "dataset has no official test split; allowed: a dataset with one (e.g. fashion_mnist)")
+  classes = np.unique(y)
+  lists = []
+  for pos, size in ((train_pos, opts.train_per_client), (test_pos, opts.test_per_client)):
+    clients = partition_lib.fling_dirichlet_sampling(
+      y[pos], opts.num_clients, opts.alpha, size, seed=opts.seed, classes=classes)
+    lists.append([pos[c] for c in clients])
+  return lists[0], lists[1]
+
+
 # Registry of partition strategies. Each sees the pooled labels and a mask of
-# which pooled examples came from the official test split, so a strategy that
-# keeps the official splits apart (e.g. a future "fling" partition that
-# partitions official train and test separately) only needs a new entry here.
+# which pooled examples came from the official test split ("fling" keeps the
+# official splits apart).
 PARTITIONS: dict[str, PartitionFn] = {
   "dirichlet": _pooled(
     lambda y, o, rng: partition_lib.dirichlet_partition(
@@ -140,6 +162,7 @@ PARTITIONS: dict[str, PartitionFn] = {
   "shard": _pooled(
     lambda y, o, rng: partition_lib.shard_partition(y, o.num_clients, o.shards_per_client, rng=rng)
   ),
+  "fling": _fling,
 }
 
 
@@ -170,6 +193,10 @@ def _validate(dataset, partition, opts: PartitionOptions, seed, max_examples) ->
     isinstance(opts.test_ratio, (int, float, np.integer, np.floating)) and 0 <= opts.test_ratio < 1
   ):
     raise ValueError(f"test_ratio must be in [0, 1), got {opts.test_ratio!r}")
+  for field in ("train_per_client", "test_per_client"):
+    value = getattr(opts, field)
+    if not _is_int(value) or value < 1:
+      raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
   if not _is_int(seed) or seed < 0:
     raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
   if max_examples is not None and (not _is_int(max_examples) or max_examples < opts.num_clients):
@@ -194,6 +221,8 @@ def load_federated(
   seed: int = 42,
   max_examples: int | None = None,
   download: bool = False,
+  train_per_client: int = 500,
+  test_per_client: int = 100,
 ) -> FederatedData:
   """Loads a dataset and partitions it across clients (FL-bench protocol).
 
@@ -206,7 +235,12 @@ def load_federated(
   Args:
     dataset: one of ``KNOWN_DATASETS``.
     data_dir, source, download: passed to ``load_raw``.
-    partition: a key of :data:`PARTITIONS` (``"dirichlet"``, ``"iid"``, ``"shard"``).
+    partition: a key of :data:`PARTITIONS` (``"dirichlet"``, ``"iid"``,
+      ``"shard"``, ``"fling"``). ``"fling"`` ignores ``test_ratio``,
+      ``min_samples_per_client`` and ``max_retries``: it draws
+      ``train_per_client`` train examples per client from the official train
+      split and ``test_per_client`` from the official test split with
+      ``np.random.RandomState(seed)`` (clients may share examples).
     num_clients: ``N >= 1`` (and ``<=`` the number of examples).
     alpha: Dirichlet concentration ``> 0`` (``"dirichlet"`` only).
     shards_per_client: ``>= 1`` (``"shard"`` only).
@@ -215,6 +249,7 @@ def load_federated(
     test_ratio: per-client test fraction in ``[0, 1)``.
     seed: ``>= 0``; same arguments and seed give identical results.
     max_examples: ``None`` or ``>= num_clients``; caps the pool size.
+    train_per_client, test_per_client: ``>= 1`` (``"fling"`` only; 500, 100).
 
   Returns:
     A :class:`FederatedData`.
@@ -231,6 +266,9 @@ def load_federated(
     min_samples_per_client=min_samples_per_client,
     max_retries=max_retries,
     test_ratio=test_ratio,
+    train_per_client=train_per_client,
+    test_per_client=test_per_client,
+    seed=seed,
   )
   _validate(dataset, partition, opts, seed, max_examples)
   raw = load_raw(dataset, data_dir=data_dir, source=source, download=download)

@@ -16,6 +16,7 @@ import numpy as np
 __all__ = [
   "PartitionError",
   "dirichlet_partition",
+  "fling_dirichlet_sampling",
   "iid_partition",
   "shard_partition",
   "split_train_test",
@@ -125,6 +126,71 @@ def dirichlet_partition(
     f"num_clients={num_clients}, min_samples_per_client={min_samples_per_client}; "
     f"the best attempt's smallest client had {best_min} examples. Try to {suggestion}."
   )
+
+
+def fling_dirichlet_sampling(
+  labels: np.ndarray,
+  num_clients: int,
+  alpha: float,
+  samples_per_client: int,
+  *,
+  seed: int,
+  classes: np.ndarray | None = None,
+) -> list[np.ndarray]:
+  """Fling's ``dirichlet_sampling`` (FedCAC / FedPURIN protocol, spec §1.1-B).
+
+  ``rs = np.random.RandomState(seed)``; ``q = rs.dirichlet(alpha * 1_K, N)``
+  (row ``i`` = client ``i``'s class mix); then for each client ``i`` and class
+  ``j`` in order: ``k = int(S * q[i, j] + 0.5)`` (the last class takes the
+  remainder ``S - taken``), clipped to ``[0, S - taken]``, and
+  ``rs.choice(pool_j, k, replace=k > |pool_j|)``. Clients draw independently,
+  so an example can belong to several clients (and, when a pool is too small,
+  repeat within one). The same ``seed`` on two splits gives the same ``q``.
+
+  Args:
+    labels: ``[n]`` integer labels of ONE split (e.g. the official train split).
+    num_clients: ``N >= 1``.
+    alpha: Dirichlet concentration, finite and ``> 0``.
+    samples_per_client: ``S >= 1`` examples per client.
+    seed: the ``RandomState`` seed (Fling: the run's seed, 1, 2, 3).
+    classes: the class values defining ``q``'s columns (default: the labels'
+      unique values; pass the union of both splits' classes).
+
+  Returns:
+    ``N`` int64 arrays of ``S`` indices into ``labels`` (class-grouped order).
+
+  Raises:
+    ValueError: arguments out of range.
+    PartitionError: a class with examples requested has none in this split,
+      or ``q`` is not finite.
+  """
+  labels = _check_labels(labels)
+  if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
+    raise ValueError(f"num_clients must be an integer >= 1, got {num_clients!r}")
+  if not (isinstance(alpha, (int, float, np.floating)) and math.isfinite(alpha) and alpha > 0):
+    raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+  if not isinstance(samples_per_client, (int, np.integer)) or samples_per_client < 1:
+    raise ValueError(f"samples_per_client must be an integer >= 1, got {samples_per_client!r}")
+  classes = np.unique(labels) if classes is None else np.asarray(classes)
+  pools = [np.flatnonzero(labels == c) for c in classes]
+  rs = np.random.RandomState(seed)
+  q = rs.dirichlet(np.repeat(float(alpha), len(classes)), num_clients)
+  if not np.all(np.isfinite(q)):
+    raise PartitionError(f"Dirichlet class mix is not finite for alpha={alpha}; raise alpha")
+  out = []
+  for i in range(num_clients):
+    taken, picks = 0, []
+    for j, pool in enumerate(pools):
+      last = j == len(pools) - 1
+      k = samples_per_client - taken if last else int(samples_per_client * q[i][j] + 0.5)
+      k = max(min(k, samples_per_client - taken), 0)
+      taken += k
+      if k and not pool.size:
+        raise PartitionError(f"client {i} needs {k} examples of class {classes[j]}, "
+                             "which this split does not have")
+      picks.append(rs.choice(pool, k, replace=k > pool.size))
+    out.append(np.concatenate(picks).astype(np.int64))
+  return out
 
 
 def iid_partition(

@@ -86,7 +86,7 @@ def test_idx_pools_train_and_test(tmp_path):
 @pytest.mark.parametrize(
   "kwargs,exc,match",
   [
-    ({"partition": "fling"}, ValueError, "allowed: dirichlet, iid, shard"),
+    ({"partition": "pathological"}, ValueError, "allowed: dirichlet, iid, shard, fling"),
     ({"num_clients": 0}, ValueError, "num_clients"),
     ({"alpha": -1.0}, ValueError, "alpha"),
     ({"test_ratio": 1.0}, ValueError, "test_ratio"),

@@ -1,0 +1,265 @@
+"""Shared benchmark helpers: environment record, timing, AOT compile, data.
+
+Every benchmark prints ONE JSON line (:func:`emit`) holding :func:`env_info`,
+its settings and its results. Compile time is ``jax.jit(f).lower(...).compile()``
+timed (:func:`timed_compile`); steady state is the median of several calls
+after warm-up, each ended by ``jax.block_until_ready`` (:func:`time_calls`).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_pfl.core import cohort
+from fedjax_pfl.data import FederatedData, pad_indices
+
+# Execution strategies by benchmark name (``parallelism+step_loop``).
+STRATEGIES = {
+    "vmap+scan": ("vmap", "scan"),
+    "vmap+python": ("vmap", "python"),
+    "sequential+python": ("sequential", "python"),
+    "sequential+scan": ("sequential", "scan"),
+}
+
+
+def execution(strategy: str, chunk_size: int | None = None) -> cohort.Execution:
+  """The :class:`~fedjax_pfl.core.cohort.Execution` named ``strategy``."""
+  if strategy not in STRATEGIES:
+    raise ValueError(f"strategy={strategy!r}; allowed: {sorted(STRATEGIES)}")
+  parallelism, step_loop = STRATEGIES[strategy]
+  return cohort.Execution(parallelism=parallelism, step_loop=step_loop,
+                          chunk_size=chunk_size if parallelism == "vmap" else None)
+
+
+def env_info() -> dict[str, Any]:
+  """Device, backend, versions, host load and XLA flags of this process."""
+  dev = jax.devices()[0]
+  try:
+    load = [round(v, 2) for v in os.getloadavg()]
+  except OSError:
+    load = None
+  import jaxlib
+  return {
+      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+      "backend": jax.default_backend(),
+      "device_kind": dev.device_kind,
+      "num_devices": jax.local_device_count(),
+      "jax_version": jax.__version__,
+      "jaxlib_version": jaxlib.__version__,
+      "python": platform.python_version(),
+      "cpu_count": os.cpu_count(),
+      "loadavg": load,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def block(tree):
+  return jax.block_until_ready(tree)
+
+
+def timed_compile(jitted, *args) -> tuple[Any, float]:
+  """``jitted.lower(*args).compile()``; returns ``(compiled, seconds)``."""
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1,
+               budget_s: float | None = None) -> dict[str, Any]:
+  """Runs ``fn`` ``warmup`` times, then up to ``repeats`` timed times.
+
+  Args:
+    fn: the call to time; its result is passed to ``jax.block_until_ready``.
+    repeats: timed calls (at least 1).
+    warmup: untimed calls first (the first may trace and compile).
+    budget_s: stop repeating once the timed calls add up to this (slow
+      configurations on CPU); at least one timed call is always made.
+
+  Returns:
+    ``{"median_s", "min_s", "times_s", "first_s"}``; ``first_s`` is the first
+    warm-up call, which may include tracing and compilation.
+  """
+  first = None
+  for i in range(warmup):
+    t0 = time.perf_counter()
+    block(fn())
+    if i == 0:
+      first = time.perf_counter() - t0
+  times: list[float] = []
+  while len(times) < max(1, repeats):
+    t0 = time.perf_counter()
+    block(fn())
+    times.append(time.perf_counter() - t0)
+    if budget_s is not None and sum(times) >= budget_s:
+      break
+  return {"median_s": statistics.median(times), "min_s": min(times),
+          "times_s": [round(t, 6) for t in times], "first_s": first}
+
+
+def log(message: str) -> None:
+  """Progress line on stderr (stdout carries only the JSON line)."""
+  print(f"# {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def emit(record: dict[str, Any], out: str | None = None) -> dict[str, Any]:
+  """Prints ``record`` as ONE JSON line (and appends it to ``out`` if set)."""
+  line = json.dumps(record, default=_json_default)
+  print(line, flush=True)
+  if out:
+    with open(out, "a") as f:
+      f.write(line + "\n")
+  return record
+
+
+def _json_default(v):
+  if isinstance(v, (np.integer,)):
+    return int(v)
+  if isinstance(v, (np.floating,)):
+    return float(v)
+  if isinstance(v, np.ndarray):
+    return v.tolist()
+  return str(v)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+  """Argument parser with the flags every benchmark takes."""
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument("--smoke", action="store_true", help="tiny sizes; runs in seconds")
+  p.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported)")
+  p.add_argument("--out", default=None, help="also append the JSON line to this file")
+  return p
+
+
+def ints(text: str) -> list[int]:
+  return [int(v) for v in text.split(",") if v]
+
+
+def names(text: str) -> list[str]:
+  return [v.strip() for v in text.split(",") if v.strip()]
+
+
+# -- AOT compile of the project's own jitted pieces ---------------------------
+# These reach into Executor/Simulation internals (``_jitted``, ``_fused_round``,
+# ``_finish_round``, ``_round_key``) to lower exactly the programs a round runs.
+def compile_host_task(executor: cohort.Executor, task: cohort.ClientTask, shared, stacked,
+                      data: cohort.DeviceData, ids: np.ndarray,
+                      install: bool = True) -> tuple[dict, Any]:
+  """AOT-compiles the host-driven pieces ``map_host`` runs for padded ``ids``;
+  with ``install`` the executor then uses the compiled executables.
+
+  Returns:
+    ``({piece: seconds}, per-group output shapes)``.
+  """
+  batched = executor.execution.parallelism == "vmap"
+  pro, step, scan_steps, epi = executor._jitted(task, batched)
+  size = (executor.execution.chunk_size or len(ids)) if batched else 1
+  group = ids[:size] if batched else ids[0]
+  secs = {}
+  pro_c, secs["prologue"] = timed_compile(pro, shared, stacked, data, group)
+  state = jax.eval_shape(pro, shared, stacked, data, group)
+  if executor.execution.step_loop == "scan":
+    scan_steps, secs["scan_steps"] = timed_compile(scan_steps, state, data, group)
+  else:
+    step, secs["step"] = timed_compile(step, state, np.int32(0), data, group)
+  epi_c, secs["epilogue"] = timed_compile(epi, shared, stacked, state, group)
+  if install:  # map_host now calls the compiled executables (no second compile).
+    executor._compiled[(id(task), batched)] = (pro_c, step, scan_steps, epi_c)
+  return secs, jax.eval_shape(epi, shared, stacked, state, group)
+
+
+def compile_round(sim, state, install: bool = True) -> dict[str, float]:
+  """AOT-compiles the programs ``Simulation.run_round(state)`` runs; with
+  ``install`` later rounds call the compiled executables. All cohorts of a
+  simulation have the same padded size, so one compile serves every round.
+
+  Returns:
+    ``{piece: seconds, ..., "total": seconds}``.
+  """
+  ids, valid = sim.executor.pad_cohort(sim.cohort(state.round))
+  round_key = sim._round_key(sim.train_key, state.round)
+  if sim.executor.fused:
+    compiled, t = timed_compile(sim._fused_round, state.server, state.clients, ids, valid,
+                                round_key)
+    if install:
+      sim._fused_round = compiled
+    return {"fused_round": t, "total": t}
+  secs, out = compile_host_task(sim.executor, sim.task, (state.server, round_key),
+                                state.clients, sim.data, ids, install)
+  batched = sim.executor.execution.parallelism == "vmap"
+  c = len(ids)
+  outputs = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(((c,) + s.shape[1:]) if batched else ((c,) + s.shape),
+                                     s.dtype), out)
+  compiled, secs["aggregate_scatter"] = timed_compile(sim._finish_round, state.server,
+                                                      state.clients, outputs, ids, valid)
+  if install:
+    sim._finish_round = compiled
+  secs["total"] = sum(secs.values())
+  return secs
+
+
+# -- data --------------------------------------------------------------------
+def synthetic_federated(train_sizes, *, input_shape=(28, 28, 1), num_classes: int = 10,
+                        test_sizes=None, seed: int = 0, name: str = "synthetic") -> FederatedData:
+  """Random ``FederatedData`` with the given per-client train (and test) sizes.
+
+  Pixels are standard normal, labels uniform; only shapes matter for timing.
+  """
+  rng = np.random.default_rng(seed)
+  train_sizes = [int(s) for s in train_sizes]
+  test_sizes = [int(s) for s in (test_sizes if test_sizes is not None else
+                                 [max(1, s // 3) for s in train_sizes])]
+  total = sum(train_sizes) + sum(test_sizes)
+  x = rng.standard_normal((total,) + tuple(input_shape), dtype=np.float32)
+  y = rng.integers(0, num_classes, total).astype(np.int32)
+  train_lists, test_lists, start = [], [], 0
+  for n_tr, n_te in zip(train_sizes, test_sizes):
+    train_lists.append(np.arange(start, start + n_tr))
+    test_lists.append(np.arange(start + n_tr, start + n_tr + n_te))
+    start += n_tr + n_te
+  train_idx, train_counts = pad_indices(train_lists)
+  test_idx, test_counts = pad_indices(test_lists)
+  return FederatedData(x, y, train_idx, train_counts, test_idx, test_counts, num_classes, name)
+
+
+def device_data(fd: FederatedData) -> cohort.DeviceData:
+  """The resident ``DeviceData`` of host ``FederatedData``."""
+  return cohort.DeviceData(*(jnp.asarray(a) for a in (
+      fd.x, fd.y, fd.train_idx, fd.train_counts, fd.test_idx, fd.test_counts)))
+
+
+def tree_bytes(tree) -> int:
+  """Total bytes of the arrays in ``tree``."""
+  return int(sum(np.dtype(a.dtype).itemsize * int(np.prod(a.shape)) for a in jax.tree.leaves(tree)))
+
+
+def num_params(tree) -> int:
+  return int(sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree)))
+
+
+def rss_bytes() -> int | None:
+  """Current resident set size of this process (Linux), else None."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def main_guard(main: Callable[[list[str] | None], Any]) -> None:
+  """``sys.exit(0)`` after ``main(sys.argv[1:])``; exceptions propagate."""
+  main(sys.argv[1:])
+  sys.exit(0)

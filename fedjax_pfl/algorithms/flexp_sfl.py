@@ -1,0 +1,283 @@
+"""FlexP-SFL: flexible personalized split federated learning (working definition).
+
+Yuan, Geng, Han, Chen, Luo. "Flexible Personalized Split Federated Learning for
+On-Device Fine-Tuning of Foundation Models." arXiv:2508.10349, 2025.
+
+ONLY THE ABSTRACT IS AVAILABLE (``shared/papers/flexp-sfl-abstract.txt``): no
+paper body, no code. This module implements the project's working definition
+(spec §5); every choice below is a config field.
+
+The model is a sequence of L blocks (top-level parameter groups in definition
+order). Client i has a compute budget ``r_i`` (``budgets`` assigned round-robin
+by id or by a seeded draw) and cut ``k_i`` = the largest number of leading
+blocks whose training FLOPs per sample are ``<= r_i`` x the model's (>= 1;
+:mod:`fedjax_pfl.models.flops`, from the model's shapes). Round t, client i:
+
+* client side = blocks ``[0, k_i)``: personal, start from the client's own
+  weights; server side = blocks ``[k_i, L)``: a per-client copy initialised
+  from the global weights (kept afterwards as the client's server-side model);
+* E epochs of SGD on ``CE(y, f_i(x)) + lambda_align T^2 KL(softmax(f_g(x)/T) ||
+  softmax(f_i(x)/T))`` with ``f_g`` the global model (frozen, the loss context);
+  the split forward/backward equals end-to-end backprop, so the composed model
+  is trained and the split is *accounted* (below);
+* global model = block-wise sample-weighted mean over the participating
+  clients of the copies they hold (client side: personal blocks; server side:
+  their per-client copies), i.e. the mean of the trained full models.
+
+Per client and round (cohort-mean metrics), with e trained examples, ``C_k`` /
+``S_k`` the forward FLOPs per sample of blocks ``[0, k)`` / ``[k, L)``, ``a_k``
+the per-sample size of block k's input (0 for k = L), ``P_k`` the parameters of
+blocks ``[0, k)`` and ``d = 1`` when the alignment term is on: ``client_flops =
+e (3 + d) C_k``, ``server_flops = e (3 + d) S_k`` (the teacher's forward runs at
+the same split), ``act_uplink_bytes = 4 e a_k (1 + d)`` (activations at the
+cut), ``act_downlink_bytes = 4 e a_k`` (their gradients), ``model_up_bytes = 4
+P_k`` (the client side, for aggregation), ``model_down_bytes = 4 P_k`` when the
+client side is refreshed from the global model or the teacher is on, else 0
+(fp32); ``uplink_bytes`` / ``downlink_bytes`` (the engine's communication keys,
+summed over the cohort into ``round_*``) are activations + model.
+
+Evaluation (``eval_server_side``): the client's model (client side + its last
+server-side copy), or its client side + the global server side.
+
+Degenerate equivalences: every cut at L with ``align_lambda = 0`` is Local-Only;
+``align_lambda = 0`` and one cut k for all clients is FedPer with personal
+blocks ``[0, k)`` (FedAvg over the server-side blocks).
+
+:func:`split_learning` also builds the SplitFed baselines (:mod:`.splitfed`).
+"""
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_pfl.algorithms._compose import layer_names
+from fedjax_pfl.algorithms.spec import AlgorithmSpec
+from fedjax_pfl.core import cohort
+from fedjax_pfl.core.algorithm import Algorithm
+from fedjax_pfl.core.local import LocalInput, LocalProgram, softmax_cross_entropy
+from fedjax_pfl.models import flops
+from fedjax_pfl.ops.aggregation import weighted_mean
+
+PERSONAL_MODES = ("client_side", "head", "none")
+PER_ROUND = ("model_up_bytes", "model_down_bytes", "cut")  # not per trained example
+
+
+def parse_budgets(value) -> tuple[float, ...] | None:
+  """``"0.25,0.5,1"`` or a sequence -> tuple of floats; None if unparsable."""
+  try:
+    items = value.replace("(", "").replace(")", "").split(",") if isinstance(value, str) else value
+    return tuple(float(v) for v in items if str(v).strip() != "")
+  except (TypeError, ValueError):
+    return None
+
+
+def check_budgets(algo: str, budgets) -> None:
+  parsed = parse_budgets(budgets)
+  if not parsed or any(not 0 < b <= 1 for b in parsed):
+    raise ValueError(f"{algo}.budgets={budgets!r}; allowed: a non-empty list of fractions "
+                     "in (0, 1], e.g. 0.25,0.5,1.0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FlexPSFLConfig:
+  """FlexP-SFL hyperparameters (module docstring).
+
+  Attributes:
+    budgets: compute budgets ``r`` (fractions of the model's training FLOPs);
+      a tuple or a comma-separated string.
+    assignment: ``"round_robin"`` (client i gets ``budgets[i % len]``) or
+      ``"random"`` (a seeded uniform draw per client, fixed for the run).
+    seed: seed of the ``random`` assignment.
+    align_lambda: weight of the alignment KL term (0 switches it off).
+    temperature: distillation temperature ``T > 0``.
+    eval_server_side: ``"personal"`` (the client's last server-side copy) or
+      ``"global"`` (the global server-side blocks).
+  """
+  budgets: tuple[float, ...] | str = (0.25, 0.5, 1.0)
+  assignment: str = "round_robin"
+  seed: int = 0
+  align_lambda: float = 0.5
+  temperature: float = 1.0
+  eval_server_side: str = "personal"
+
+  def __post_init__(self):
+    parsed = parse_budgets(self.budgets)
+    if parsed:
+      object.__setattr__(self, "budgets", parsed)
+
+  def validate(self) -> None:
+    check_budgets("flexp_sfl", self.budgets)
+    if self.assignment not in ("round_robin", "random"):
+      raise ValueError(f"flexp_sfl.assignment={self.assignment!r}; allowed: round_robin, random")
+    if self.align_lambda < 0:
+      raise ValueError(f"flexp_sfl.align_lambda={self.align_lambda}; allowed: >= 0")
+    if self.temperature <= 0:
+      raise ValueError(f"flexp_sfl.temperature={self.temperature}; allowed: > 0")
+    if self.eval_server_side not in ("personal", "global"):
+      raise ValueError(f"flexp_sfl.eval_server_side={self.eval_server_side!r}; "
+                       "allowed: personal, global")
+
+
+class SplitClient(NamedTuple):
+  params: Any          # the client's full model (personal modes) or ()
+  budget: jax.Array    # [] float32 compute budget r_i
+  cut: jax.Array       # [] int32 cut of the last training (0: never trained)
+
+
+def alignment_loss(spec, align_lambda: float, temperature: float):
+  """``(params, batch, key, global_params) -> CE + lambda T^2 KL(p_g || p_i)``
+  (train-mode student, eval-mode teacher; with BatchNorm also returns the
+  params with new statistics, as ``LocalSpec.ce_loss``)."""
+  def loss(params, batch, key=None, context=()):
+    logits, new = spec.forward(params, batch)
+    value = softmax_cross_entropy(logits, batch.y, batch.mask)
+    if align_lambda > 0:
+      teacher = jax.lax.stop_gradient(spec.apply(context, batch.x)) / temperature
+      log_p_g = jax.nn.log_softmax(teacher)
+      kl = jnp.sum(jnp.exp(log_p_g) * (log_p_g - jax.nn.log_softmax(logits / temperature)), -1)
+      n = jnp.maximum(jnp.sum(batch.mask), 1)
+      value = value + align_lambda * temperature ** 2 * jnp.sum(jnp.where(batch.mask, kl, 0.0)) / n
+    return value if spec.state_mask is None else (value, new)
+  return loss
+
+
+def accounting(costs: flops.BlockCosts, cut, examples, *, teacher: bool,
+               refresh_client_side: bool) -> dict:
+  """Per-client, per-round communication and compute figures (module docstring);
+  ``examples`` = 1 gives the per-example rates."""
+  d = 1.0 if teacher else 0.0
+  fwd = jnp.asarray(flops.prefix(costs.forward), jnp.float32)
+  acts = jnp.asarray(list(costs.inputs) + [0], jnp.float32)
+  params = jnp.asarray(flops.prefix(costs.params), jnp.float32)
+  c_k, s_k, a_k, p_k = fwd[cut], fwd[-1] - fwd[cut], acts[cut], params[cut]
+  return {"client_flops": examples * (3 + d) * c_k, "server_flops": examples * (3 + d) * s_k,
+          "act_uplink_bytes": 4 * examples * a_k * (1 + d),
+          "act_downlink_bytes": 4 * examples * a_k, "model_up_bytes": 4 * p_k,
+          "model_down_bytes": 4 * p_k * (1.0 if (teacher or refresh_client_side) else 0.0),
+          "cut": cut.astype(jnp.float32)}
+
+
+def with_totals(acct: dict) -> dict:
+  """Adds the engine's communication keys: ``uplink_bytes`` / ``downlink_bytes``
+  (activations + model) and ``uplink_values`` / ``downlink_values`` (bytes / 4)."""
+  up = acct["act_uplink_bytes"] + acct["model_up_bytes"]
+  down = acct["act_downlink_bytes"] + acct["model_down_bytes"]
+  return {**acct, "uplink_bytes": up, "downlink_bytes": down, "uplink_values": up / 4,
+          "downlink_values": down / 4}
+
+
+def split_learning(*, spec, params, name: str, budgets, assignment: str = "round_robin",
+                   seed: int = 0, shared_cut: bool = False, personal: str = "client_side",
+                   align_lambda: float = 0.0, temperature: float = 1.0,
+                   eval_server_side: str = "personal") -> Algorithm:
+  """Split federated learning with per-client or shared cuts.
+
+  Args:
+    spec: the :class:`~fedjax_pfl.core.local.LocalSpec`.
+    params: the initial params as returned by ``model.init`` (block order).
+    name: algorithm name.
+    budgets: compute budgets; ``shared_cut`` uses the smallest for everyone.
+    assignment, seed: budget assignment (``round_robin`` / ``random``).
+    shared_cut: one cut for all clients (the weakest client's).
+    personal: which blocks stay with the client: ``"client_side"`` (blocks
+      before the cut), ``"head"`` (the last block) or ``"none"``.
+    align_lambda, temperature: the alignment term.
+    eval_server_side: see :class:`FlexPSFLConfig`.
+
+  Returns:
+    The :class:`Algorithm`. Server state: the global params; client state:
+    :class:`SplitClient`; upload: the full trained model.
+
+  The block costs need the per-sample input shape, which ``LocalSpec`` does not
+  carry: they are computed (once per shape, cached) when the local program is
+  traced, from the resident data's ``x.shape[1:]``.
+  """
+  if personal not in PERSONAL_MODES:
+    raise ValueError(f"personal={personal!r}; allowed: {PERSONAL_MODES}")
+  names = layer_names(params)
+  last = len(names) - 1
+  budgets = parse_budgets(budgets)
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+  inner = spec.program(alignment_loss(spec, align_lambda, temperature))
+
+  @functools.lru_cache(maxsize=None)
+  def costs_for(input_shape):
+    return flops.block_costs(spec.apply, {n: shapes[n] for n in names}, input_shape, names)
+
+  def personal_mask(cut):
+    """Per block: True where the client's own weights are used."""
+    if personal == "client_side":
+      return {n: j < cut for j, n in enumerate(names)}
+    return {n: jnp.asarray(personal == "head" and j == last) for j, n in enumerate(names)}
+
+  def merge(own, global_params, cut):
+    if personal == "none":
+      return global_params
+    mask = personal_mask(cut)
+    return {n: jax.tree.map(lambda a, b, m=mask[n]: jnp.where(m, a, b), own[n], global_params[n])
+            for n in names}
+
+  def init_program(inputs, data, key):
+    own, global_params, budget = inputs
+    costs = costs_for(tuple(data.x.shape[1:]))
+    cut = (jnp.int32(flops.select_cut(costs, min(budgets))) if shared_cut
+           else flops.cut_traced(costs, budget))
+    rates = accounting(costs, cut, jnp.float32(1.0), teacher=align_lambda > 0,
+                       refresh_client_side=personal != "client_side")
+    start = LocalInput(merge(own, global_params, cut), global_params)
+    return inner.init(start, data, key), cut, rates
+
+  def finish(carry):
+    state, cut, rates = carry
+    trained, metrics = inner.finish(state)
+    acct = {k: v if k in PER_ROUND else v * metrics["train_examples"] for k, v in rates.items()}
+    return (trained, cut, with_totals(acct)), metrics
+
+  program = LocalProgram(init_program, lambda c, t, d: (inner.step(c[0], t, d),) + c[1:],
+                         finish, inner.num_steps, inner.steps_per_epoch, inner.batch_size)
+
+  def init(params0, num_clients):
+    if assignment == "random":
+      r = np.random.default_rng(seed).choice(np.asarray(budgets), num_clients)
+    else:
+      r = np.asarray([budgets[i % len(budgets)] for i in range(num_clients)])
+    own = () if personal == "none" else params0
+    clients = cohort.stack_clients(SplitClient(own, jnp.zeros(()), jnp.zeros((), jnp.int32)),
+                                   num_clients)
+    return params0, clients._replace(budget=jnp.asarray(r, jnp.float32))
+
+  def broadcast(server, client: SplitClient):
+    return (client.params, server, client.budget), ()
+
+  def finalize(server, client: SplitClient, trained, extra):
+    params, cut, acct = trained
+    own = () if personal == "none" else params
+    return params, SplitClient(own, client.budget, cut), acct
+
+  def aggregate(server, uploads, weights):
+    return weighted_mean(uploads, weights), {}
+
+  def personalize(server, client: SplitClient):
+    if personal == "client_side" and eval_server_side == "personal":
+      return client.params
+    return merge(client.params, server, client.cut)
+
+  return Algorithm(name, init, broadcast, program, finalize, aggregate, personalize)
+
+
+def _build(cfg: FlexPSFLConfig, *, spec, params) -> Algorithm:
+  cfg.validate()
+  return split_learning(spec=spec, params=params, name="flexp_sfl", budgets=cfg.budgets,
+                        assignment=cfg.assignment, seed=cfg.seed, personal="client_side",
+                        align_lambda=cfg.align_lambda, temperature=cfg.temperature,
+                        eval_server_side=cfg.eval_server_side)
+
+
+SPECS = {"flexp_sfl": AlgorithmSpec(
+    FlexPSFLConfig, _build,
+    "FlexP-SFL (Yuan et al. 2025; working definition): per-client cuts, alignment")}
+ALIASES = {"flexpsfl": "flexp_sfl", "flexp": "flexp_sfl"}

@@ -1,0 +1,32 @@
+"""Separate: Local-Only under full participation; nothing is communicated."""
+
+import chex
+import numpy as np
+import pytest
+
+from fedjax_pfl.algorithms.separate import SeparateConfig
+from tests.helpers import make_sim, run_rounds, tiny_data
+
+
+def test_separate_equals_local_only_with_full_participation():
+  kw = dict(data=tiny_data(num_clients=5), participation=1.0, epochs=1)
+  sep, p0 = make_sim("separate", **kw)
+  loc, _ = make_sim("local", **kw)
+  s_sep, h_sep = run_rounds(sep, p0, 2)
+  s_loc, h_loc = run_rounds(loc, p0, 2)
+  chex.assert_trees_all_equal(s_sep.clients.trained, s_loc.clients)
+  for (_, m_sep), (_, m_loc) in zip(h_sep, h_loc):
+    assert m_sep["train_loss"] == m_loc["train_loss"]
+    for key in ("uplink_bytes", "downlink_bytes", "round_uplink_bytes", "round_downlink_bytes"):
+      assert m_sep[key] == 0.0
+    assert m_loc["train_examples"] == m_sep["train_examples"] > 0
+  e_sep, e_loc = sep.evaluate(s_sep), loc.evaluate(s_loc)
+  assert e_sep["client_accuracy"] == e_loc["client_accuracy"]
+  assert e_sep["loss"] == e_loc["loss"] and np.isfinite(e_sep["loss"])
+  assert int(s_sep.clients.rounds[0]) == 2
+
+
+def test_config():
+  SeparateConfig().validate()
+  with pytest.raises(TypeError):
+    SeparateConfig(0)  # kw_only

@@ -1,0 +1,83 @@
+"""Smoke runs of every benchmark's ``main`` (in-process, tiny sizes, MLP).
+
+Each must print exactly one JSON line with the environment, its settings and
+positive timings. Sizes are cut below ``--smoke`` (fewer strategies, one
+fused program per N) because XLA compile time dominates: the file needs about
+35 s of CPU time on a 2-core machine.
+"""
+
+import json
+
+import pytest
+
+from benchmarks import bench_round, bench_scale, bench_seeds, bench_throughput, run_all
+
+ENV_KEYS = {"benchmark", "date", "backend", "device_kind", "num_devices", "jax_version",
+            "cpu_count", "loadavg", "xla_flags", "settings"}
+
+
+def _run(capsys, main, argv):
+  record = main(argv)
+  lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+  assert len(lines) == 1, lines
+  assert json.loads(lines[0]) == json.loads(json.dumps(record))
+  assert ENV_KEYS <= set(record)
+  assert record["backend"] == "cpu"
+  return record
+
+
+def test_throughput_smoke(capsys):
+  r = _run(capsys, bench_throughput.main,
+           ["--smoke", "--cohorts", "2", "--strategies", "vmap+scan", "--repeats", "1"])
+  assert r["benchmark"] == "throughput"
+  rows = [x for x in r["results"] if "ratio" in x]
+  assert [x["strategy"] for x in rows] == ["vmap+scan"]
+  for x in rows:
+    assert x["C"] == 2 and x["samples"] == 2 * 32
+    assert x["compile_s"] > 0 and x["median_s"] > 0 and x["samples_per_s"] > 0
+    assert x["ratio"] == pytest.approx(x["samples_per_s"] / x["central_samples_per_s"])
+  assert {"parallelism", "step_loop", "chunk_size"} <= set(rows[0])
+  assert r["best_ratio_per_C"]["2"]["ratio"] > 0
+  central = r["results"][-1]["central_python"]  # the host-driven (sequential) path
+  assert central["samples"] == 64 and central["samples_per_s"] > 0
+
+
+def test_round_smoke(capsys):
+  r = _run(capsys, bench_round.main, ["--smoke", "--algorithms", "fedavg"])
+  (x,) = r["results"]
+  assert r["settings"]["N"] == 6 and x["C"] == 2 and x["N"] == 6
+  assert x["compile_s"]["total"] > 0 and x["first_round_s"] > 0
+  assert x["median_ms_per_round"] > 0 and x["total_s"] > 0
+  assert x["client_steps_per_round"][0] >= 1
+
+
+def test_seeds_smoke(capsys):
+  r = _run(capsys, bench_seeds.main, ["--smoke", "--seeds", "2", "--repeats", "1"])
+  assert r["one_run"]["median_s"] > 0 and r["one_run"]["compile_s"] > 0
+  (x,) = r["results"]
+  assert x["S"] == 2 and x["median_s"] > 0
+  assert x["ratio"] == pytest.approx(x["median_s"] / r["one_run"]["median_s"])
+  assert r["settings"]["C"] == 2
+
+
+def test_scale_smoke(capsys):
+  r = _run(capsys, bench_scale.main, ["--smoke", "--clients", "8,16", "--parallelism", "vmap",
+                                      "--step-loop", "scan"])
+  rows = r["results"]
+  assert [x["N"] for x in rows] == [8, 16]
+  for x in rows:
+    # FedOBP's stacked client state is exactly one float32 model per client.
+    assert x["state_bytes"] == x["state_bytes_estimate"] == x["N"] * x["params"] * 4
+    assert x["params"] == 26_122 and x["median_ms_per_round"] > 0 and x["compile_s"] > 0
+  assert r["summary"]["mlp"]["round_time_ratio_max_over_min_N"] > 0
+
+
+def test_scale_skips_what_does_not_fit(capsys):
+  r = _run(capsys, bench_scale.main, ["--series", "cnn", "--clients", "10000"])
+  (x,) = r["results"]
+  assert x["state_bytes_estimate"] == 10_000 * 582_026 * 4 and "skipped" in x
+
+
+def test_run_all_rejects_unknown_names():
+  with pytest.raises(SystemExit):
+    run_all.main(["--only", "nope"])
