@@ -9,34 +9,7 @@ import pytest
 
 from fedjax_pfl import ops
 from fedjax_pfl.ops import importance
-
-RTOL, ATOL = 1e-5, 1e-6
-SHAPES = {
-    "conv1": {"kernel": (3, 3, 2, 4), "bias": (4,)},
-    "dense": {"kernel": (5, 3), "bias": (1,)},
-    "classifier": {"scale": ()},
-}
-VARIANTS = [pytest.param(lambda f: f, id="eager"),
-            pytest.param(jax.jit, id="jit")]
-NP_SCORES = {
-    "sq_diff": lambda l, g: (l - g) ** 2,
-    "abs_diff_local": lambda l, g: np.abs((l - g) * l),
-    "abs_diff": lambda l, g: np.abs(l - g),
-}
-
-
-def make_params(rng, batch=None):
-  lead = () if batch is None else (batch,)
-  return jax.tree.map(
-      lambda s: rng.normal(size=lead + s).astype(np.float32), SHAPES,
-      is_leaf=lambda x: isinstance(x, tuple))
-
-
-def assert_tree_close(actual, expected):
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-    assert np.shape(a) == np.shape(e)
-    np.testing.assert_allclose(np.asarray(a), e, rtol=RTOL, atol=ATOL)
+from tests.ops.common import NP_SCORES, VARIANTS, assert_tree_close, make_params
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -8,56 +8,21 @@ import numpy as np
 import pytest
 
 from fedjax_pfl import ops
+from tests.ops.common import (
+  ATOL,
+  NORMS,
+  NP_SCORES,
+  RTOL,
+  SHAPES,
+  VARIANTS,
+  make_params,
+  make_scope,
+  np_masks,
+)
 
-RTOL, ATOL = 1e-5, 1e-6
-SHAPES = {
-    "conv1": {"kernel": (3, 3, 2, 4), "bias": (4,)},
-    "dense": {"kernel": (5, 3), "bias": (1,)},
-    "classifier": {"scale": ()},
-}
-VARIANTS = [pytest.param(lambda f: f, id="eager"),
-            pytest.param(jax.jit, id="jit")]
-NORMS = ["none", "global", "layer"]
-# Every norm x scope under jit; eager only with element-wise array scopes.
 CASES = ([pytest.param(jax.jit, n, "arrays", id=f"jit-{n}-arrays") for n in NORMS]
          + [pytest.param(jax.jit, "layer", "none", id="jit-layer-none"),
             pytest.param(lambda f: f, "global", "bools", id="eager-global-bools")])
-NP_SCORES = {
-    "sq_diff": lambda l, g: (l - g) ** 2,
-    "abs_diff_local": lambda l, g: np.abs((l - g) * l),
-    "abs_diff": lambda l, g: np.abs(l - g),
-}
-
-
-def make_params(rng, batch=None):
-  lead = () if batch is None else (batch,)
-  return jax.tree.map(
-      lambda s: rng.normal(size=lead + s).astype(np.float32), SHAPES,
-      is_leaf=lambda x: isinstance(x, tuple))
-
-
-def make_scope(kind, rng):
-  if kind == "none":
-    return None
-  if kind == "bools":
-    return {"conv1": {"kernel": True, "bias": False},
-            "dense": {"kernel": True, "bias": True},
-            "classifier": {"scale": False}}
-  return {"conv1": {"kernel": rng.random((3, 3, 2, 4)) < 0.6, "bias": False},
-          "dense": {"kernel": jnp.asarray(rng.random((5, 3)) < 0.5),
-                    "bias": np.array([True])},
-          "classifier": {"scale": True}}
-
-
-def np_masks(scope, tree):
-  leaves = jax.tree.leaves(tree)
-  if scope is None:
-    return [np.ones(np.shape(x), bool) for x in leaves]
-  masks = jax.tree.structure(tree).flatten_up_to(scope)
-  return [np.broadcast_to(np.asarray(m, bool), np.shape(x))
-          for m, x in zip(masks, leaves)]
-
-
 def np_decouple(local, glob, q, norm, scope, score="sq_diff"):
   """NumPy reference of Eqs. 7-9: returns (merged leaves, keep leaves)."""
   ls = [np.asarray(x) for x in jax.tree.leaves(local)]

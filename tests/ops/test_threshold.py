@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 
 from fedjax_pfl import ops
+from tests.ops.common import ATOL, NORMS, RTOL, SHAPES, make_scope, np_masks
 
-RTOL, ATOL = 1e-5, 1e-6
-SHAPES = {
-    "conv1": {"kernel": (3, 3, 2, 4), "bias": (4,)},
-    "dense": {"kernel": (5, 3), "bias": (1,)},
-    "classifier": {"scale": ()},
-}
-NORMS = ["none", "global", "layer"]
 SCOPES = ["none", "bools", "arrays", "prefix"]
 # Every norm x scope under jit; eager only with element-wise array scopes.
 CASES = ([pytest.param(jax.jit, n, s, id=f"jit-{n}-{s}")
@@ -29,35 +23,6 @@ def make_scores(rng, batch=None):
   return jax.tree.map(
       lambda s: (rng.normal(size=lead + s) ** 2).astype(np.float32), SHAPES,
       is_leaf=lambda x: isinstance(x, tuple))
-
-
-def make_scope(kind, rng):
-  if kind == "none":
-    return None
-  if kind == "bools":
-    return {"conv1": {"kernel": True, "bias": False},
-            "dense": {"kernel": True, "bias": True},
-            "classifier": {"scale": False}}
-  if kind == "arrays":
-    return {"conv1": {"kernel": rng.random((3, 3, 2, 4)) < 0.6, "bias": False},
-            "dense": {"kernel": jnp.asarray(rng.random((5, 3)) < 0.5),
-                      "bias": np.array([True])},
-            "classifier": {"scale": True}}
-  if kind == "prefix":
-    return {"conv1": True, "dense": False, "classifier": True}
-  raise AssertionError(kind)
-
-
-def np_masks(scope, scores):
-  """Expands a scope into one full NumPy bool array per leaf."""
-  leaves = jax.tree.leaves(scores)
-  if scope is None:
-    return [np.ones(np.shape(x), bool) for x in leaves]
-  full = jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub),
-                      scope, scores)
-  masks = jax.tree.structure(scores).flatten_up_to(full)
-  return [np.broadcast_to(np.asarray(m, bool), np.shape(x)).copy()
-          for m, x in zip(masks, leaves)]
 
 
 def np_scale(s, lo, hi):
