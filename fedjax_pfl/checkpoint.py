@@ -29,18 +29,21 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def save(self, state: SimState, records: list[dict]) -> None:
-    """Saves ``state`` at step ``state.round`` (overwrites nothing older)."""
+  def save(self, state: SimState, records: list[dict], totals: dict | None = None) -> None:
+    """Saves ``state`` at step ``state.round`` with the evaluation ``records``
+    and running ``totals`` (e.g. communication) accumulated up to that round."""
     tree = {"server": state.server, "clients": state.clients}
     self._manager.save(state.round, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), metrics=ocp.args.JsonSave({"records": records})))
+        state=ocp.args.StandardSave(tree),
+        metrics=ocp.args.JsonSave({"records": records, "totals": totals or {}})))
     self._manager.wait_until_finished()
 
   def latest_round(self) -> int | None:
     return self._manager.latest_step()
 
-  def restore(self, like: SimState) -> tuple[SimState, list[dict]] | None:
-    """Latest checkpoint, shaped like ``like`` (e.g. the initial state); None if none."""
+  def restore(self, like: SimState) -> tuple[SimState, list[dict], dict] | None:
+    """Latest checkpoint ``(state, records, totals)``, shaped like ``like``
+    (e.g. the initial state); None if there is none."""
     step = self._manager.latest_step()
     if step is None:
       return None
@@ -49,7 +52,7 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), metrics=ocp.args.JsonRestore()))
     state = SimState(restored.state["server"], restored.state["clients"], int(step))
-    return state, list(restored.metrics["records"])
+    return state, list(restored.metrics["records"]), dict(restored.metrics.get("totals", {}))
 
   def close(self) -> None:
     self._manager.close()

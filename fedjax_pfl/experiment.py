@@ -133,15 +133,14 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
     io.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
   t = config.train
   ckpt = Checkpointer(workdir, keep=t.keep_checkpoints)
-  state, records = sim.init(params0), []
+  state, records, comm = sim.init(params0), [], {}
   if resume:
     restored = ckpt.restore(state)
     if restored is not None:
-      state, records = sim.place(restored[0]), restored[1]
+      state, records, comm = sim.place(restored[0]), restored[1], restored[2]
   if writer:
     io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
   start = time.perf_counter() - (records[-1]["seconds"] if records else 0.0)
-  comm = dict(records[-1].get("comm_totals", {})) if records else {}
   bar = _progress(t.rounds, config.algorithm, progress and writer, initial=state.round)
   try:
     while state.round < t.rounds:
@@ -165,7 +164,7 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
           on_eval(record)
         bar.set_postfix(acc=f"{record['accuracy']:.4f}", refresh=False)
       if last or (t.checkpoint_every and state.round % t.checkpoint_every == 0):
-        ckpt.save(state, records)
+        ckpt.save(state, records, comm)
       bar.update(1)
       if on_round:
         on_round(state.round)
