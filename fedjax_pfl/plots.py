@@ -41,6 +41,9 @@ def plot_run(workdir: str) -> list[str]:
   plt.close(fig)
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot(rounds, [r["loss"] for r in records], marker="o", label="test loss (pooled)")
+  if "client_mean_loss" in records[0]:
+    ax.plot(rounds, [r["client_mean_loss"] for r in records], marker="^",
+            label="test loss (client mean)")
   if "train_loss" in records[0]:
     ax.plot(rounds, [r["train_loss"] for r in records], marker="s", label="train loss (cohort)")
   ax.set(xlabel="round", ylabel="cross-entropy", title="Loss")

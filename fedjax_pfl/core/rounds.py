@@ -266,5 +266,7 @@ def summarize_eval(correct: np.ndarray, loss_sum: np.ndarray, counts: np.ndarray
       "accuracy": float(correct.sum() / max(counts.sum(), 1)),
       "client_mean_accuracy": float(np.nanmean(per_client[has])) if has.any() else float("nan"),
       "loss": float(loss_sum.sum() / max(counts.sum(), 1)),
+      "client_mean_loss": (float(np.mean(loss_sum[has] / counts[has])) if has.any()
+                           else float("nan")),
       "client_accuracy": [None if not h else float(a) for a, h in zip(per_client, has)],
   }

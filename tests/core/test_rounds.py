@@ -165,6 +165,7 @@ def test_summarize_eval_handles_empty_clients():
   assert m["accuracy"] == pytest.approx(4 / 6)
   assert m["client_mean_accuracy"] == pytest.approx((0.75 + 0.5) / 2)
   assert m["client_accuracy"][1] is None
+  assert m["client_mean_loss"] == pytest.approx((1.0 / 4 + 2.0 / 2) / 2)
 
 
 def test_communication_accounting_by_hand():
