@@ -14,10 +14,24 @@ def _plt():
   return plt
 
 
-def _save(fig, path: str) -> None:
+def new_figure(xlabel: str, ylabel: str, title: str, size=(6, 4)):
+  """``(fig, ax)`` with labels, title and a light grid (Agg backend)."""
+  fig, ax = _plt().subplots(figsize=size)
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  ax.grid(alpha=0.3)
+  return fig, ax
+
+
+def save_figure(fig, path: str, *, legend: bool = True) -> str:
+  """Writes ``fig`` to ``path`` atomically (write, then rename), closes it,
+  and returns ``path``."""
+  if legend:
+    fig.axes[0].legend()
   tmp = path + ".tmp.png"
   fig.savefig(tmp, dpi=110, bbox_inches="tight")
   os.replace(tmp, path)
+  _plt().close(fig)
+  return path
 
 
 def plot_run(workdir: str) -> list[str]:
@@ -26,40 +40,26 @@ def plot_run(workdir: str) -> list[str]:
   records = io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   if not records:
     return []
-  plt = _plt()
   rounds = [r["round"] for r in records]
-  paths = []
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = new_figure("round", "test accuracy (%)", "Accuracy")
   ax.plot(rounds, [100 * r["accuracy"] for r in records], marker="o", label="pooled")
   ax.plot(rounds, [100 * r["client_mean_accuracy"] for r in records], marker="s",
           label="client mean")
-  ax.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  paths.append(os.path.join(workdir, "accuracy.png"))
-  _save(fig, paths[-1])
-  plt.close(fig)
-  fig, ax = plt.subplots(figsize=(6, 4))
+  paths = [save_figure(fig, os.path.join(workdir, "accuracy.png"))]
+  fig, ax = new_figure("round", "cross-entropy", "Loss")
   ax.plot(rounds, [r["loss"] for r in records], marker="o", label="test loss (pooled)")
   if "client_mean_loss" in records[0]:
     ax.plot(rounds, [r["client_mean_loss"] for r in records], marker="^",
             label="test loss (client mean)")
   if "train_loss" in records[0]:
     ax.plot(rounds, [r["train_loss"] for r in records], marker="s", label="train loss (cohort)")
-  ax.set(xlabel="round", ylabel="cross-entropy", title="Loss")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  paths.append(os.path.join(workdir, "loss.png"))
-  _save(fig, paths[-1])
-  plt.close(fig)
+  paths.append(save_figure(fig, os.path.join(workdir, "loss.png")))
   accs = [100 * a for a in records[-1]["client_accuracy"] if a is not None]
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = new_figure("test accuracy (%)", "clients",
+                       f"Per-client accuracy at round {records[-1]['round']}")
   ax.hist(accs, bins=20, range=(0, 100))
-  ax.set(xlabel="test accuracy (%)", ylabel="clients",
-         title=f"Per-client accuracy at round {records[-1]['round']}")
-  paths.append(os.path.join(workdir, "client_accuracy_hist.png"))
-  _save(fig, paths[-1])
-  plt.close(fig)
+  paths.append(save_figure(fig, os.path.join(workdir, "client_accuracy_hist.png"),
+                           legend=False))
   return paths
 
 
@@ -84,16 +84,11 @@ def report(workdirs: Sequence[str], out: str) -> str:
   os.makedirs(out, exist_ok=True)
   io.write_text_atomic(os.path.join(out, "report.md"),
                        f"# Report\n\n{table}\n\n| algorithm | workdir |\n|---|---|\n{rows}\n")
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = new_figure("round", "pooled test accuracy (%)", "Accuracy by run", size=(7, 4.5))
   for s, recs in zip(summaries, curves):
     name = os.path.basename(os.path.normpath(s["workdir"]))
     label = s["algorithm"] if name == s["algorithm"] else f"{s['algorithm']} ({name})"
     ax.plot([r["round"] for r in recs], [100 * r["accuracy"] for r in recs], marker="o",
             label=label)
-  ax.set(xlabel="round", ylabel="pooled test accuracy (%)", title="Accuracy by run")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  _save(fig, os.path.join(out, "report.png"))
-  plt.close(fig)
+  save_figure(fig, os.path.join(out, "report.png"))
   return table

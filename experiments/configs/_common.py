@@ -57,16 +57,6 @@ def cell_metrics(sweep_out: str, cell: str) -> list[dict]:
   return io.read_jsonl(os.path.join(sweep_out, "cells", cell, "metrics.jsonl"))
 
 
-def new_figure(xlabel: str, ylabel: str, title: str):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-  ax.grid(alpha=0.3)
-  return plt, fig, ax
-
-
 # FedPURIN Table 1 rows -> registry names (Fling's FedAvg keeps BN statistics local).
 FEDPURIN_METHODS = [("Separate", "separate"), ("FedAvg", "fedavg_bn"), ("FedPer", "fedper"),
                     ("FedBN", "fedbn"), ("pFedSD", "pfedsd"), ("FedCAC", "fedcac"),

@@ -8,8 +8,9 @@ estimator), each with the same quantile rule. q over the paper's grid
 (subsampled here to 10 points; extend QUANTILES for the full grid).
 """
 
-from _common import fedobp_setup, new_figure
+from _common import fedobp_setup
 
+from fedjax_pfl.plots import new_figure, save_figure
 from fedjax_pfl.sweep import Cell, Sweep
 
 QUANTILES = (0.0, 0.5, 0.9, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999, 1.0)
@@ -17,16 +18,15 @@ SCORES = ("sq_diff", "abs_diff", "abs_diff_local", "fisher")
 
 
 def plot(results, sweep_out, out_png):
-  plt, fig, ax = new_figure("quantile q", "best pooled accuracy (%)",
-                            "FedOBP: importance scores vs quantile")
+  fig, ax = new_figure("quantile q", "best pooled accuracy (%)",
+                            "FedOBP: importance scores vs quantile", size=(6.5, 4.2))
   for score in dict.fromkeys(r["row"] for r in results):
     pts = sorted((float(r["column"][2:]), 100 * r["best_accuracy"])
                  for r in results if r["row"] == score)
     ax.plot(range(len(pts)), [p[1] for p in pts], marker="o", label=score)
     ax.set_xticks(range(len(pts)), [str(p[0]) for p in pts], rotation=45, fontsize=7)
   ax.legend()
-  fig.savefig(out_png, dpi=110, bbox_inches="tight")
-  plt.close(fig)
+  save_figure(fig, out_png, legend=False)
 
 
 def get_sweep(smoke: bool = False) -> Sweep:

@@ -6,8 +6,9 @@ communication epochs"), evaluated every 10 rounds. The plot shows each layer's s
 of all personalized entries (cohort mean of `personalized_count/<layer>`).
 """
 
-from _common import cell_metrics, fedobp_setup, new_figure
+from _common import cell_metrics, fedobp_setup
 
+from fedjax_pfl.plots import new_figure, save_figure
 from fedjax_pfl.sweep import Cell, Sweep, with_fields
 
 
@@ -16,14 +17,13 @@ def plot(results, sweep_out, out_png):
   layers = [k.split("/", 1)[1] for k in records[0] if k.startswith("personalized_count/")]
   rounds = [r["round"] for r in records]
   totals = [sum(r[f"personalized_count/{l}"] for l in layers) for r in records]
-  plt, fig, ax = new_figure("round", "share of personalized entries",
-                            "FedOBP: personalized parameters by layer")
+  fig, ax = new_figure("round", "share of personalized entries",
+                            "FedOBP: personalized parameters by layer", size=(6.5, 4.2))
   for layer in layers:
     ax.plot(rounds, [r[f"personalized_count/{layer}"] / t if t else 0.0
                      for r, t in zip(records, totals)], marker=".", label=layer)
   ax.legend()
-  fig.savefig(out_png, dpi=110, bbox_inches="tight")
-  plt.close(fig)
+  save_figure(fig, out_png, legend=False)
 
 
 def get_sweep(smoke: bool = False) -> Sweep:

@@ -7,8 +7,9 @@ Fashion-MNIST, alpha 0.1, 400 rounds, seed 0, q in {0.9, 0.99, 0.999, 0.9999, 0.
 entries; the 1-bit mask is counted in downlink_bytes, not in the ratio).
 """
 
-from _common import cell_metrics, fedobp_setup, new_figure
+from _common import cell_metrics, fedobp_setup
 
+from fedjax_pfl.plots import new_figure, save_figure
 from fedjax_pfl.sweep import Cell, Sweep
 
 QUANTILES = (0.9, 0.99, 0.999, 0.9999, 0.99993, 0.99999, 1.0)
@@ -20,13 +21,12 @@ def plot(results, sweep_out, out_png):
     ratios = [m["downlink_ratio"] for m in cell_metrics(sweep_out, r["cell"])]
     points.append((sum(ratios) / len(ratios), 100 * r["best_accuracy"], r["row"]))
   points.sort()
-  plt, fig, ax = new_figure("downlink overhead ratio |G|/|θ|", "best pooled accuracy (%)",
-                            "FedOBP: accuracy vs downlink ratio")
+  fig, ax = new_figure("downlink overhead ratio |G|/|θ|", "best pooled accuracy (%)",
+                            "FedOBP: accuracy vs downlink ratio", size=(6.5, 4.2))
   ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
   for x, y, label in points:
     ax.annotate(label, (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
-  fig.savefig(out_png, dpi=110, bbox_inches="tight")
-  plt.close(fig)
+  save_figure(fig, out_png, legend=False)
 
 
 def get_sweep(smoke: bool = False) -> Sweep:
