@@ -185,3 +185,34 @@ def test_bad_scope_raises():
   with pytest.raises(ValueError, match="boolean"):
     ops.normalize_scores(scores, norm="global",
                          scope={"a": np.ones(3), "b": True})
+
+
+def _sort_quantile(x, q):
+  """Reference: np.quantile's linear method on the float32 values."""
+  return np.float32(np.quantile(np.asarray(x, np.float64), q, method="linear"))
+
+
+@pytest.mark.parametrize("kind", ["signed", "ties", "zeros_and_infs", "large"])
+def test_order_statistics_are_exact_for_any_float32(kind):
+  # τ comes from a bisection over float32 bit patterns, not a sort: the
+  # order statistics must be the exact sorted values, negatives included.
+  rng = np.random.default_rng(3)
+  if kind == "signed":
+    x = rng.normal(size=1001).astype(np.float32) * 1e3
+  elif kind == "ties":
+    x = rng.integers(-3, 4, size=500).astype(np.float32)
+  elif kind == "zeros_and_infs":
+    x = np.array([0.0, -0.0, np.inf, -np.inf, 1e-30, -1e-30, 2.5, 0.0], np.float32)
+  else:
+    x = (rng.normal(size=200_003) ** 2).astype(np.float32)
+  tau = jax.jit(ops.quantile_threshold)
+  xs = np.sort(x)
+  for q in (0.0, 0.25, 0.5, 0.9, 0.999, 1.0):
+    got = float(tau({"w": jnp.asarray(x)}, jnp.float32(q)))
+    h = q * (x.size - 1)
+    lo, hi = int(np.floor(h)), int(np.ceil(h))
+    if lo == hi or xs[lo] == xs[hi]:  # an order statistic itself: bit-exact
+      assert got == xs[lo] or (np.isnan(got) and np.isnan(xs[lo])), (q, got, xs[lo])
+    elif np.all(np.isfinite(xs[[lo, hi]])):
+      # h = q(k-1) is float32, as in the sorting version: interpolation to ~1e-5.
+      np.testing.assert_allclose(got, _sort_quantile(x, q), rtol=1e-5)
