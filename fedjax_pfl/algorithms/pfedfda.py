@@ -102,11 +102,20 @@ class FDAClient(NamedTuple):
 
 
 def lda_head(means, cov, priors, eps: float):
-  """LDA classifier as a flax Dense head ``{'kernel' [D, K], 'bias' [K]}``."""
+  """LDA classifier as a flax Dense head ``{'kernel' [D, K], 'bias' [K]}``.
+
+  ``means`` may carry leading batch axes ``[..., K, D]`` (one head per set of
+  means, same covariance): the covariance is then factorized once and the
+  kernel gets shape ``[..., D, K]``, the bias ``[..., K]``."""
   d = cov.shape[-1]
   shrunk = (1.0 - eps) * cov + eps * jnp.trace(cov) / d * jnp.eye(d)
-  kernel = jnp.linalg.solve(shrunk, means.T)
-  bias = -0.5 * jnp.sum(means * kernel.T, axis=-1) + jnp.log(priors)
+  lead, k = means.shape[:-2], means.shape[-2]
+  rhs = jnp.moveaxis(means.reshape(-1, d), -1, 0)              # [D, G*K]
+  factor = jax.scipy.linalg.cho_factor(shrunk)                  # SPD: + eps I
+  kernel = jax.scipy.linalg.cho_solve(factor, rhs)              # [D, G*K]
+  kernel = jnp.moveaxis(kernel.reshape(d, -1, k), 0, -2).reshape(*lead, d, k)
+  log_priors = jnp.log(priors).reshape((1,) * len(lead) + (k,))
+  bias = -0.5 * jnp.sum(means * jnp.swapaxes(kernel, -1, -2), axis=-1) + log_priors
   return {"kernel": kernel, "bias": bias}
 
 
@@ -158,7 +167,7 @@ def search_beta(feats, labels, valid, global_means, global_cov, priors, config):
 
     def for_cov(bc):
       cov = bc * cov_f + (1.0 - bc) * global_cov
-      head = jax.vmap(lambda m: lda_head(m, cov, priors, config.eps))(means_b)  # vmap over the beta grid, not clients
+      head = lda_head(means_b, cov, priors, config.eps)  # one factorization per beta_Sigma
       logits = jnp.einsum("md,gdk->gmk", feats, head["kernel"]) + head["bias"][:, None, :]
       ce = optax.softmax_cross_entropy_with_integer_labels(
           logits, jnp.broadcast_to(labels, logits.shape[:2]))

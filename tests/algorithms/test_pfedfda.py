@@ -24,6 +24,17 @@ def test_lda_head_matches_numpy():
   b = -0.5 * np.diag(means @ np.linalg.inv(shrunk) @ means.T) + np.log(priors)
   np.testing.assert_allclose(head["kernel"], w.T, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(head["bias"], b, rtol=1e-4, atol=1e-5)
+  # A batch of mean sets [G, K, D] (the beta grid) shares one factorization
+  # and gives the same heads as one call per set.
+  batch = jnp.asarray(np.stack([means, 2 * means, -means]), jnp.float32)
+  heads = pfedfda.lda_head(batch, jnp.asarray(cov, jnp.float32),
+                           jnp.asarray(priors, jnp.float32), eps)
+  assert heads["kernel"].shape == (3, d, k) and heads["bias"].shape == (3, k)
+  for g in range(3):
+    one = pfedfda.lda_head(batch[g], jnp.asarray(cov, jnp.float32),
+                           jnp.asarray(priors, jnp.float32), eps)
+    np.testing.assert_allclose(heads["kernel"][g], one["kernel"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(heads["bias"][g], one["bias"], rtol=1e-5, atol=1e-6)
 
 
 def test_cv_folds_are_stratified():
