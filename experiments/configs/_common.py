@@ -71,7 +71,8 @@ def fling_setup(method: str, dataset: str, alpha: float, seed: int, *, smoke: bo
   CIFAR-100), T=200 (300 for CIFAR-100), evaluation every round; metric: best over
   rounds of the client-mean accuracy. ``smoke`` (CI): 4 clients with 40 / 20
   samples, FedAvgCNN, 1 round of 1 epoch; Fling needs an official test split, so
-  the smoke size still reads Fashion-MNIST (tests skip it when absent)."""
+  the smoke size reads Fashion-MNIST whatever ``dataset`` is (tests skip it when
+  absent)."""
   name = algorithms.canonical_name(method)
   cls = algorithms.REGISTRY[name].config_cls
   fields = {f.name for f in dataclasses.fields(cls)}
@@ -83,7 +84,7 @@ def fling_setup(method: str, dataset: str, alpha: float, seed: int, *, smoke: bo
   train = dict(rounds=rounds, participation=1.0, local_epochs=5, batch_size=100, lr=0.1,
                momentum=0.9, seed=seed, eval_every=1)
   if smoke:
-    data.update(num_clients=4, train_per_client=40, test_per_client=20)
+    data.update(dataset="fashion_mnist", num_clients=4, train_per_client=40, test_per_client=20)
     train.update(rounds=1, local_epochs=1, batch_size=20)
     model = "cnn"
   return dataclasses.replace(cfg, data=C.DataConfig(**data), train=C.TrainConfig(**train),
