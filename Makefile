@@ -19,8 +19,12 @@ run: $(STAMP)
 	$(BIN)/fedjax-pfl compare --algorithms fedobp,fedavg,local --dataset digits --clients 20 \
 	  --alpha 0.1 --participation 0.25 --rounds 60 --eval-every 10 --workdir runs/digits-compare
 
+# Two pytest-xdist workers (the suite is compile-bound; CI has 2 cores) sharing
+# one XLA compilation cache for the run.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	@cache=$$(mktemp -d); FEDJAX_PFL_TEST_CACHE=$$cache $(BIN)/python -m pytest -q \
+	  -n $(TEST_WORKERS) tests; rc=$$?; rm -rf $$cache; exit $$rc
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all --smoke
