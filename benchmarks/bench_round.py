@@ -12,7 +12,9 @@ distribution of the same Dirichlet partition of 70,000 labels.
 
 Reported per algorithm: AOT compile seconds of every program a round runs,
 the first round (after compile), the median and each of ``R`` timed rounds,
-and their total. Targets: <= 25 ms/round on one H100; on CPU, no slower than
+and their total; with vmap + scan also ``multi_round``: the ``R`` rounds as ONE
+compiled program (:meth:`Simulation.run_rounds`), its first call (compile
+included) and its steady-state ms per round. Targets: <= 25 ms/round on one H100; on CPU, no slower than
 FL-bench's ~26 s/round on this 2-core machine. ``--torch`` adds the same CNN
 trained by a plain sequential PyTorch loop over the same cohorts (PyTorch is
 optional and imported only then).
@@ -106,7 +108,21 @@ def bench_algorithm(args, algorithm: str, data: FederatedData) -> dict:
     times.append(time.perf_counter() - t0)
     common.log(f"{algorithm}: round {len(times)}/{args.rounds} {times[-1]:.2f} s")
   ex = sim.executor.execution
-  return {"algorithm": algorithm, "parallelism": ex.parallelism, "step_loop": ex.step_loop,
+  multi = None
+  if sim.executor.fused:  # all R rounds as ONE program (Simulation.run_rounds)
+    t0 = time.perf_counter()
+    state, _ = sim.run_rounds(state, args.rounds)
+    common.block(state)
+    first_call = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state, chunk = sim.run_rounds(state, args.rounds)
+    common.block(state)
+    steady = time.perf_counter() - t0
+    multi = {"rounds_per_call": args.rounds, "compile_and_first_call_s": round(first_call, 4),
+             "ms_per_round": 1e3 * steady / args.rounds}
+    common.log(f"{algorithm}: {args.rounds} rounds in one program: "
+               f"{multi['ms_per_round']:.1f} ms/round (first call {first_call:.2f} s)")
+  return {"algorithm": algorithm, "multi_round": multi, "parallelism": ex.parallelism, "step_loop": ex.step_loop,
           "chunk_size": ex.chunk_size, "num_devices": ex.num_devices,
           "compile_s": {k: round(v, 3) for k, v in compile_s.items()},
           "first_round_s": round(first, 4),

@@ -63,11 +63,18 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SystemConfig:
-  """Client-parallel execution; ``auto`` picks the measured per-backend default."""
+  """Client-parallel execution; ``auto`` picks the measured per-backend default.
+
+  ``round_loop``: ``"compiled"`` runs the rounds between two host sync points
+  (evaluation, checkpoint, end) as one compiled ``lax.scan`` over rounds
+  (needs vmap + scan); ``"host"`` one program per round; ``"auto"``:
+  compiled whenever the execution is vmap + scan (accelerators), else host.
+  """
   parallelism: str = "auto"
   step_loop: str = "auto"
   chunk_size: int | None = None
   num_devices: int | None = None
+  round_loop: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -138,6 +145,11 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
          "None or >= 1")
   _check(s.num_devices is None or s.num_devices >= 1, "system.num_devices", s.num_devices,
          "None or >= 1")
+  _check(s.round_loop in ("auto", "host", "compiled"), "system.round_loop", s.round_loop,
+         "auto, host, compiled")
+  _check(s.round_loop != "compiled" or (s.parallelism, s.step_loop) == ("vmap", "scan"),
+         "system.round_loop", s.round_loop,
+         "compiled only with system.parallelism=vmap and system.step_loop=scan")
   try:
     config.algo.validate()
   except ValueError as e:

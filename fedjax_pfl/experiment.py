@@ -142,13 +142,23 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
     io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
   start = time.perf_counter() - (records[-1]["seconds"] if records else 0.0)
   bar = _progress(t.rounds, config.algorithm, progress and writer, initial=state.round)
+  compiled = sim.executor.fused and config.system.round_loop != "host"
   try:
     while state.round < t.rounds:
-      state, round_metrics = sim.run_round(state)
-      _check_finite(round_metrics, state.round)
-      for key in ("uplink", "downlink"):
-        comm[f"{key}_MiB"] = comm.get(f"{key}_MiB", 0.0) + round_metrics[f"round_{key}_bytes"] / MIB
-      comm["client_rounds"] = comm.get("client_rounds", 0.0) + round_metrics["round_clients"]
+      # Rounds up to the next host sync point run as one program when compiled.
+      stop = _next_sync(state.round, t) if compiled else state.round + 1
+      state, chunk = sim.run_rounds(state, stop - state.round)
+      for offset, round_metrics in enumerate(chunk):
+        round_idx = state.round - len(chunk) + offset + 1
+        _check_finite(round_metrics, round_idx)
+        for key in ("uplink", "downlink"):
+          comm[f"{key}_MiB"] = (comm.get(f"{key}_MiB", 0.0)
+                                + round_metrics[f"round_{key}_bytes"] / MIB)
+        comm["client_rounds"] = comm.get("client_rounds", 0.0) + round_metrics["round_clients"]
+        if round_idx < state.round:
+          bar.update(1)
+          if on_round:
+            on_round(round_idx)
       last = state.round == t.rounds
       if state.round % t.eval_every == 0 or last:
         record = {"round": state.round, "seconds": round(time.perf_counter() - start, 3),
@@ -178,6 +188,14 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
     from fedjax_pfl.plots import plot_run
     plot_run(workdir)
   return summary
+
+
+def _next_sync(round_idx: int, t: config_lib.TrainConfig) -> int:
+  """First round after ``round_idx`` that evaluates, checkpoints or ends."""
+  stops = [t.rounds, (round_idx // t.eval_every + 1) * t.eval_every]
+  if t.checkpoint_every:
+    stops.append((round_idx // t.checkpoint_every + 1) * t.checkpoint_every)
+  return min(stops)
 
 
 class DivergenceError(RuntimeError):

@@ -64,7 +64,7 @@ def tiny_image_data(num_clients=6, seed=0, hw=16):
 
 def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, participation=0.5,
              epochs=2, batch_size=4, lr=0.1, momentum=0.5, seed=0, model=None,
-             finetune_epochs=0):
+             finetune_epochs=0, donate=True):
   data = data or tiny_data()
   model = model or tiny_model(data.num_classes)
   import jax
@@ -77,16 +77,21 @@ def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, part
   execution = execution or cohort.Execution()
   finetune = spec.program(epochs=finetune_epochs) if finetune_epochs else None
   sim = Simulation(alg, model.apply, data, seed=seed, participation=participation,
-                   execution=execution, eval_batch_size=2, finetune=finetune)
+                   execution=execution, eval_batch_size=2, finetune=finetune, donate=donate)
   return sim, params0
 
 
 def run_rounds(sim, params0, rounds):
+  """``rounds`` calls of ``run_round``; history keeps copies of every state
+  (``run_round`` donates the client state it is given)."""
+  import jax
+  import jax.numpy as jnp
   state = sim.init(params0)
   history = []
   for _ in range(rounds):
     state, metrics = sim.run_round(state)
-    history.append((state, metrics))
+    kept = state._replace(clients=jax.tree.map(jnp.copy, state.clients))
+    history.append((kept, metrics))
   return state, history
 
 

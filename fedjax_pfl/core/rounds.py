@@ -8,7 +8,10 @@ model's ``apply`` function and the resident data, and runs rounds:
 3. ``aggregate`` with train-set-size weights (0 for padding);
 4. scatter the new client states into the stacked ``[N, ...]`` state.
 
-With ``vmap`` + ``scan`` the whole round is one compiled program.
+With ``vmap`` + ``scan`` the whole round is one compiled program, and
+:meth:`Simulation.run_rounds` puts many rounds (cohort sampling included) into
+one compiled ``lax.scan``, so the host syncs only for logging, evaluation and
+checkpoints.
 """
 
 import math
@@ -55,11 +58,17 @@ class Simulation:
     execution: client-parallel strategy (``cohort.Execution``).
     eval_batch_size: test examples per forward pass.
     finetune: optional ``LocalProgram`` for :meth:`evaluate_finetuned`.
+    donate: if True (default), :meth:`run_round` donates the stacked client
+      state of its input to the round program, which updates it in place:
+      round time and peak memory then do not grow with N, but the input
+      ``SimState.clients`` is invalid afterwards (keep a copy, e.g.
+      ``jax.tree.map(jnp.copy, state.clients)``, or pass False to reuse old
+      states).
   """
 
   def __init__(self, algorithm: Algorithm, apply_fn: Callable[..., jax.Array], data: Any, *,
                seed: int, participation: float, execution: cohort_lib.Execution,
-               eval_batch_size: int = 256, finetune: Any = None):
+               eval_batch_size: int = 256, finetune: Any = None, donate: bool = True):
     self.algorithm = algorithm
     self.apply_fn = algorithm.eval_apply or apply_fn
     self.num_clients = int(data.train_idx.shape[0])
@@ -83,13 +92,19 @@ class Simulation:
           self._ft_task, (server, key), clients, self.data, ids))
     self._sample = jax.jit(rng.sample_cohort, static_argnums=(2, 3))
     self._round_key = jax.jit(jax.random.fold_in)
-    self._finish_round = jax.jit(self._aggregate_and_scatter)
+    # Argument 1 is the stacked [N, ...] client state (see `donate`).
+    donated = (1,) if donate else ()
+    self._finish_round = jax.jit(self._aggregate_and_scatter, donate_argnums=donated)
     rep, by_client = self.executor.replicated(), self.executor.client_sharding()
+    self._multi_round = jax.jit(self._fused_rounds, static_argnums=3, donate_argnums=donated,
+                                **({} if rep is None else
+                                   {"out_shardings": (rep, by_client, rep)}))
     if rep is None:
-      self._fused_round = jax.jit(self._fused)
+      self._fused_round = jax.jit(self._fused, donate_argnums=donated)
       self._eval_traced = jax.jit(self._evaluate_traced, static_argnums=2)
     else:  # outputs the host can read on every process; client state split over clients
-      self._fused_round = jax.jit(self._fused, out_shardings=(rep, by_client, rep))
+      self._fused_round = jax.jit(self._fused, out_shardings=(rep, by_client, rep),
+                                  donate_argnums=donated)
       self._eval_traced = jax.jit(self._evaluate_traced, out_shardings=rep, static_argnums=2)
 
   # -- per-client pieces ----------------------------------------------------
@@ -145,8 +160,55 @@ class Simulation:
     outputs = self.executor.map_traced(self.task, (server, round_key), clients, self.data, ids)
     return self._aggregate_and_scatter(server, clients, outputs, ids, valid)
 
+  def _traced_cohort(self, round_idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`cohort` + `Executor.pad_cohort` inside a trace (same ids, same padding)."""
+    ids = rng.sample_cohort(self.sample_key, round_idx, self.num_clients, self.cohort_size)
+    pad = len(self.executor.pad_cohort(np.zeros(self.cohort_size, np.int32))[0]) - len(ids)
+    ids = jnp.concatenate([ids, jnp.full((pad,), self.num_clients, jnp.int32)])
+    return ids, ids < self.num_clients
+
+  def _fused_rounds(self, server, clients, first_round, num_rounds: int):
+    def body(carry, round_idx):
+      ids, valid = self._traced_cohort(round_idx)
+      key = jax.random.fold_in(self.train_key, round_idx)
+      server, clients, metrics = self._fused(*carry, ids, valid, key)
+      return (server, clients), metrics
+    rounds = first_round + jnp.arange(num_rounds, dtype=jnp.int32)
+    (server, clients), metrics = jax.lax.scan(body, (server, clients), rounds)
+    return server, clients, metrics
+
+  def run_rounds(self, state: SimState, num_rounds: int) -> tuple[SimState, list[Metrics]]:
+    """``num_rounds`` rounds; returns the new state and one metrics dict per round.
+
+    With a fused executor (vmap + scan) all rounds are ONE compiled program: a
+    ``lax.scan`` over rounds that samples each cohort from (seed, round),
+    trains, aggregates and scatters on device; the host syncs once at the end.
+    One program is compiled per distinct ``num_rounds``. Otherwise this loops
+    :meth:`run_round`. Results equal ``num_rounds`` calls of :meth:`run_round`
+    (same keys, cohorts and order of operations; float reductions may differ in
+    the last bits). With ``donate=True`` ``state.clients`` is consumed.
+
+    Raises:
+      ValueError: if ``num_rounds < 1``.
+    """
+    if num_rounds < 1:
+      raise ValueError(f"num_rounds={num_rounds}; allowed: >= 1")
+    if not self.executor.fused:
+      records = []
+      for _ in range(num_rounds):
+        state, metrics = self.run_round(state)
+        records.append(metrics)
+      return state, records
+    first = self.executor.put(jnp.int32(state.round))
+    server, clients, stacked = self._multi_round(state.server, state.clients, first, num_rounds)
+    stacked = {k: np.asarray(v) for k, v in stacked.items()}
+    records = [{k: float(v[r]) for k, v in stacked.items()} for r in range(num_rounds)]
+    return SimState(server, clients, state.round + num_rounds), records
+
   def run_round(self, state: SimState) -> tuple[SimState, Metrics]:
-    """One round; returns the new state and host-side scalar metrics."""
+    """One round; returns the new state and host-side scalar metrics.
+
+    With ``donate=True`` (the default) ``state.clients`` is consumed."""
     ids, valid = self.executor.pad_cohort(self.cohort(state.round))
     round_key = self._round_key(self.train_key, state.round)
     if self.executor.fused:

@@ -146,6 +146,41 @@ def test_no_retracing_across_rounds():
   assert sim2._fused_round._cache_size() == 1
 
 
+@pytest.mark.parametrize("name", ["vmap-scan", "vmap-scan-4dev", "sequential-scan"])
+def test_run_rounds_equals_single_rounds(name):
+  # Many rounds in one compiled lax.scan (cohort sampling on device) give the
+  # same states and per-round metrics as one program per round.
+  ex = EXECUTIONS[name]
+  sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8), execution=ex)
+  ref, history = run_rounds(sim, p0, 4)
+  sim2, _ = make_sim("fedobp", FedOBPConfig(quantile=0.8), execution=ex)
+  state, first = sim2.run_rounds(sim2.init(p0), 3)
+  state, last = sim2.run_rounds(state, 1)
+  assert state.round == 4 and len(first) == 3 and len(last) == 1
+  chex.assert_trees_all_close(ref.server, state.server, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(ref.clients, state.clients, rtol=1e-5, atol=1e-6)
+  for (_, want), got in zip(history, first + last):
+    assert want.keys() == got.keys()
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  if ex.parallelism == "vmap":
+    assert sim2._multi_round._cache_size() == 2  # one program per chunk length
+  with pytest.raises(ValueError, match="num_rounds"):
+    sim2.run_rounds(state, 0)
+
+
+def test_donation_consumes_the_input_client_state():
+  sim, p0 = make_sim("local", execution=EXECUTIONS["vmap-scan"])
+  state = sim.init(p0)
+  old = state.clients
+  sim.run_round(state)
+  assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old))
+  sim_keep, _ = make_sim("local", execution=EXECUTIONS["vmap-scan"], donate=False)
+  state = sim_keep.init(p0)
+  sim_keep.run_round(state)
+  assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state.clients))
+
+
 def test_evaluate_matches_numpy_reference():
   sim, p0 = make_sim("fedavg")
   state = sim.init(p0)
