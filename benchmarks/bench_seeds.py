@@ -32,7 +32,7 @@ def make_run(sim, ids: np.ndarray, valid: np.ndarray):
   def run(params, train_key):
     server, clients = sim.algorithm.init(params, sim.num_clients)
     round_key = jax.random.fold_in(train_key, 0)
-    server, _, metrics = sim._fused(server, clients, ids, valid, round_key)
+    server, _, metrics = sim._fused(server, clients, sim.data, ids, valid, round_key)
     return server, metrics
   return run
 

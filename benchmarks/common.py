@@ -188,8 +188,8 @@ def compile_round(sim, state, install: bool = True) -> dict[str, float]:
   ids, valid = sim.executor.pad_cohort(sim.cohort(state.round))
   round_key = sim._round_key(sim.train_key, state.round)
   if sim.executor.fused:
-    compiled, t = timed_compile(sim._fused_round, state.server, state.clients, ids, valid,
-                                round_key)
+    compiled, t = timed_compile(sim._fused_round, state.server, state.clients, sim.data, ids,
+                                valid, round_key)
     if install:
       sim._fused_round = compiled
     return {"fused_round": t, "total": t}

@@ -161,13 +161,14 @@ def _memory(args) -> int:
     est = memory_estimate(algorithm=args.algorithm, dataset=args.dataset,
                           num_clients=args.clients, devices=args.devices,
                           participation=args.participation, batch_size=args.batch_size,
-                          model=args.model)
+                          model=args.model, data_placement=args.data_placement,
+                          max_client_examples=args.max_client_examples)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
   print(f"{est['algorithm']} on {est['dataset']} ({est['model']}, {est['params']:,} params), "
         f"N={est['num_clients']:,} clients, {est['devices']} device(s)")
   for key in ("server_bytes", "client_state_bytes", "client_state_per_device", "data_bytes",
-              "step_working_bytes", "total_per_device"):
+              "data_per_device", "step_working_bytes", "total_per_device"):
     print(f"  {key:24s} {format_bytes(est[key])}")
   print(f"  client state split over devices: {est['client_state_sharded']}; clients in "
         f"flight per device: {est['cohort_per_device']}")
@@ -216,6 +217,9 @@ def make_parser() -> argparse.ArgumentParser:
   mem.add_argument("--participation", type=float, default=0.1)
   mem.add_argument("--batch-size", type=int, default=32)
   mem.add_argument("--model", default="auto")
+  mem.add_argument("--data-placement", default="replicated", choices=["replicated", "by_client"])
+  mem.add_argument("--max-client-examples", type=int, default=None,
+                   help="train + test examples of the largest client (by_client layout)")
   mem.set_defaults(func=_memory)
   lst = sub.add_parser("list", help="list algorithms")
   lst.set_defaults(func=_list)

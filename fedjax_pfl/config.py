@@ -69,12 +69,19 @@ class SystemConfig:
   (evaluation, checkpoint, end) as one compiled ``lax.scan`` over rounds
   (needs vmap + scan); ``"host"`` one program per round; ``"auto"``:
   compiled whenever the execution is vmap + scan (accelerators), else host.
+
+  ``data_placement``: ``"replicated"`` puts the pooled dataset on every device;
+  ``"by_client"`` lays it out client-major and splits it over the ``clients``
+  mesh axis with the client state, so each process materializes (and each
+  device holds) only the examples of its own clients (every process still
+  reads the dataset files to compute the partition).
   """
   parallelism: str = "auto"
   step_loop: str = "auto"
   chunk_size: int | None = None
   num_devices: int | None = None
   round_loop: str = "auto"
+  data_placement: str = "replicated"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -145,6 +152,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
          "None or >= 1")
   _check(s.num_devices is None or s.num_devices >= 1, "system.num_devices", s.num_devices,
          "None or >= 1")
+  _check(s.data_placement in ("replicated", "by_client"), "system.data_placement",
+         s.data_placement, "replicated, by_client")
   _check(s.round_loop in ("auto", "host", "compiled"), "system.round_loop", s.round_loop,
          "auto, host, compiled")
   _check(s.round_loop != "compiled" or (s.parallelism, s.step_loop) == ("vmap", "scan"),

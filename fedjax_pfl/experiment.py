@@ -64,7 +64,8 @@ def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulat
     finetune = spec.program(epochs=t.finetune_epochs)
   sim = Simulation(alg, model.apply, data, seed=t.seed, participation=t.participation,
                    execution=resolve_execution(config.system),
-                   eval_batch_size=t.eval_batch_size, finetune=finetune)
+                   eval_batch_size=t.eval_batch_size, finetune=finetune,
+                   data_placement=config.system.data_placement)
   return sim, params0
 
 

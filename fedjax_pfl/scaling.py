@@ -4,7 +4,9 @@ The resident state is measured, not guessed: the algorithm's ``init`` is run
 under ``jax.eval_shape`` for the real model, giving the exact bytes of the
 server state and of the stacked ``[N, ...]`` client state. The stacked client
 state is split over the ``clients`` mesh axis when N is a multiple of the
-device count (else replicated); server state and the dataset are replicated.
+device count (else replicated); server state is replicated; the dataset is
+replicated (pooled) or, with ``data_placement="by_client"``, client-major and
+split like the client state (each client padded to the largest client).
 The per-client working set of local training (params, gradients, optimizer
 state, activations of one batch) comes from XLA's memory analysis of one
 compiled SGD step.
@@ -36,13 +38,19 @@ def _bytes(tree: Any) -> int:
 
 def memory_estimate(*, algorithm: str, dataset: str, num_clients: int, devices: int,
                     participation: float = 0.1, batch_size: int = 32, model: str = "auto",
-                    examples: int | None = None, algo_config: Any = None) -> dict[str, Any]:
+                    examples: int | None = None, algo_config: Any = None,
+                    data_placement: str = "replicated",
+                    max_client_examples: int | None = None) -> dict[str, Any]:
   """Bytes per device for a run (see the module docstring).
+
+  ``max_client_examples`` (train + test of the largest client) sizes the
+  client-major layout; default: an even split of the pooled examples.
 
   Returns:
     A dict with ``params``, ``server_bytes``, ``client_state_bytes`` (all N),
-    ``client_state_per_device``, ``data_bytes``, ``step_working_bytes`` (one
-    client), ``cohort_per_device`` and ``total_per_device`` (bytes).
+    ``client_state_per_device``, ``data_bytes`` (resident dataset, all
+    devices), ``data_per_device``, ``step_working_bytes`` (one client),
+    ``cohort_per_device`` and ``total_per_device`` (bytes).
 
   Raises:
     ValueError: unknown dataset/algorithm or non-positive counts.
@@ -54,6 +62,8 @@ def memory_estimate(*, algorithm: str, dataset: str, num_clients: int, devices: 
     raise ValueError(f"dataset={dataset!r}; allowed: {sorted(DATASET_SHAPES)}")
   if num_clients < 1 or devices < 1:
     raise ValueError(f"num_clients={num_clients}, devices={devices}; allowed: >= 1")
+  if data_placement not in ("replicated", "by_client"):
+    raise ValueError(f"data_placement={data_placement!r}; allowed: replicated, by_client")
   shape, classes, pooled = DATASET_SHAPES[dataset]
   examples = examples or pooled
   net = get_model(model, shape, classes)
@@ -67,7 +77,14 @@ def memory_estimate(*, algorithm: str, dataset: str, num_clients: int, devices: 
   client_bytes = _bytes(clients)
   sharded = num_clients % devices == 0
   per_device_clients = client_bytes // devices if sharded else client_bytes
-  data_bytes = examples * (int(np.prod(shape)) * 4 + 4) + examples * 4
+  example_bytes = int(np.prod(shape)) * 4 + 4  # float32 pixels + int32 label
+  if data_placement == "replicated":
+    data_bytes = examples * example_bytes + examples * 4  # + index tables
+    data_per_device = data_bytes
+  else:
+    m = max_client_examples or math.ceil(examples / num_clients)
+    data_bytes = num_clients * m * (example_bytes + 4)
+    data_per_device = data_bytes // devices if sharded else data_bytes
   x = jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
 
   def step(p, xb):
@@ -76,13 +93,14 @@ def memory_estimate(*, algorithm: str, dataset: str, num_clients: int, devices: 
   working = int(getattr(analysis, "temp_size_in_bytes", 0)) + 4 * _bytes(params)
   cohort = max(1, math.floor(participation * num_clients))
   cohort_per_device = math.ceil(cohort / devices)
-  total = (_bytes(server) + per_device_clients + data_bytes + cohort_per_device * working)
+  total = (_bytes(server) + per_device_clients + data_per_device + cohort_per_device * working)
   return {
       "algorithm": name, "dataset": dataset, "model": net.name,
       "params": int(sum(np.prod(p.shape) for p in jax.tree.leaves(params))),
       "num_clients": num_clients, "devices": devices, "client_state_sharded": sharded,
       "server_bytes": _bytes(server), "client_state_bytes": client_bytes,
-      "client_state_per_device": per_device_clients, "data_bytes": data_bytes,
+      "client_state_per_device": per_device_clients, "data_placement": data_placement,
+      "data_bytes": data_bytes, "data_per_device": data_per_device,
       "step_working_bytes": working, "cohort_per_device": cohort_per_device,
       "total_per_device": total,
   }

@@ -58,14 +58,17 @@ def test_one_by_four_devices_equals_one_device(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_by_two_devices_equal_one_process(tmp_path):
+@pytest.mark.parametrize("placement", ["replicated", "by_client"])
+def test_two_processes_by_two_devices_equal_one_process(tmp_path, placement):
+  # by_client: each process materializes only the examples of its own clients.
   ref = str(tmp_path / "ref")
   assert cli.main([*RUN, "--workdir", ref]) == 0
   work, port = str(tmp_path / "mp"), _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "fedjax_pfl.cli", *RUN, "--workdir", work, "--coordinator",
+      [sys.executable, "-m", "fedjax_pfl.cli", *RUN, "--workdir", work,
+       "--set", f"system.data_placement={placement}", "--coordinator",
        f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   try:
@@ -96,3 +99,18 @@ def test_memory_estimate_counts_the_stacked_client_state():
   assert odd["client_state_per_device"] == odd["client_state_bytes"]
   fedavg = memory_estimate(algorithm="fedavg", dataset="digits", num_clients=10, devices=1)
   assert fedavg["client_state_bytes"] == 0
+
+
+def test_memory_estimate_by_client_data_is_split_over_devices():
+  rep = memory_estimate(algorithm="fedavg", dataset="fashion_mnist", num_clients=1000,
+                        devices=4)
+  assert rep["data_per_device"] == rep["data_bytes"] == 70_000 * (784 * 4 + 4) + 70_000 * 4
+  split = memory_estimate(algorithm="fedavg", dataset="fashion_mnist", num_clients=1000,
+                          devices=4, data_placement="by_client", max_client_examples=300)
+  assert split["data_bytes"] == 1000 * 300 * (784 * 4 + 4 + 4)
+  assert split["data_per_device"] == split["data_bytes"] // 4
+  assert (rep["total_per_device"] - split["total_per_device"]
+          == rep["data_per_device"] - split["data_per_device"])
+  with pytest.raises(ValueError, match="data_placement"):
+    memory_estimate(algorithm="fedavg", dataset="digits", num_clients=4, devices=1,
+                    data_placement="sharded")

@@ -100,6 +100,37 @@ class DeviceData(NamedTuple):
   test_counts: jax.Array
 
 
+class ClientMajorData(NamedTuple):
+  """The resident dataset in client-major layout (``system.data_placement=
+  "by_client"``): ``x [N, M_tr + M_te, ...]``, ``y [N, M_tr + M_te]`` hold each
+  client's own train then test examples (rows past a client's counts are
+  padding), so the leading axis can be split over the ``clients`` mesh axis and
+  each process materializes only its clients' examples. ``train_idx [N, M_tr]``
+  and ``test_idx [N, M_te]`` hold positions within a client's rows."""
+  x: jax.Array
+  y: jax.Array
+  train_idx: jax.Array
+  train_counts: jax.Array
+  test_idx: jax.Array
+  test_counts: jax.Array
+
+
+def client_major_rows(x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
+                      test_idx: np.ndarray, rows: slice = slice(None)):
+  """Host-side ``(x [n, M_tr + M_te, ...], y [n, M_tr + M_te])`` of clients
+  ``rows`` from the pooled arrays and padded index tables."""
+  pos = np.concatenate([np.asarray(train_idx)[rows], np.asarray(test_idx)[rows]], axis=1)
+  return np.asarray(x)[pos], np.asarray(y)[pos]
+
+
+def local_positions(train_idx: np.ndarray, test_idx: np.ndarray):
+  """Index tables of :class:`ClientMajorData` (positions within a client's rows)."""
+  n, m_tr = np.shape(train_idx)
+  m_te = np.shape(test_idx)[1]
+  return (np.broadcast_to(np.arange(m_tr, dtype=np.int32), (n, m_tr)),
+          np.broadcast_to(np.arange(m_tr, m_tr + m_te, dtype=np.int32), (n, m_te)))
+
+
 def stack_clients(tree: PyTree, num_clients: int) -> PyTree:
   """``[N, ...]`` stacked copies of ``tree`` (the initial client state)."""
   return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_clients,) + jnp.shape(a)), tree)
@@ -122,14 +153,22 @@ def stack_outputs(outputs: Sequence[PyTree]) -> PyTree:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
 
 
-def client_data(data: DeviceData, ids, *, test: bool = False) -> ClientData:
-  """Per-client view(s) of the resident data for ``ids`` (scalar or ``[C]``)."""
+def client_data(data: DeviceData | ClientMajorData, ids, *, test: bool = False) -> ClientData:
+  """Per-client view(s) of the resident data for ``ids`` (scalar or ``[C]``).
+
+  Pooled layout: ``x``/``y`` are the pooled arrays; client-major layout: the
+  clients' own rows ``x [(C,) M, ...]`` (gathered across devices by XLA when
+  the layout is split over the mesh)."""
   idx, counts = (data.test_idx, data.test_counts) if test else (data.train_idx, data.train_counts)
-  return ClientData(data.x, data.y, jnp.take(idx, ids, axis=0, mode="clip"),
-                    jnp.take(counts, ids, axis=0, mode="clip"))
+  take = lambda a: jnp.take(a, ids, axis=0, mode="clip")
+  x, y = (take(data.x), take(data.y)) if isinstance(data, ClientMajorData) else (data.x, data.y)
+  return ClientData(x, y, take(idx), take(counts))
 
 
-_DATA_AXES = ClientData(None, None, 0, 0)
+def _data_axes(data) -> ClientData:
+  """vmap axes of a batched :func:`client_data` view."""
+  shared = None if isinstance(data, DeviceData) else 0
+  return ClientData(shared, shared, 0, 0)
 
 
 class Executor:
@@ -177,6 +216,37 @@ class Executor:
       return jax.device_put(np.asarray(x), sharding)
     return jax.tree.map(leaf, tree)
 
+  def put_client_major(self, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
+                       train_counts: np.ndarray, test_idx: np.ndarray,
+                       test_counts: np.ndarray) -> ClientMajorData:
+    """The resident data in client-major layout (see :class:`ClientMajorData`).
+
+    With a mesh that splits the client state, ``x``/``y`` are split the same way
+    and built with ``jax.make_array_from_callback``: each process gathers and
+    transfers only the rows of the clients its own devices hold (index tables
+    and counts, which are small, are replicated). Otherwise the whole layout is
+    built and placed like the pooled data."""
+    tr_pos, te_pos = local_positions(train_idx, test_idx)
+    small = tuple(np.asarray(a) for a in (tr_pos, train_counts, te_pos, test_counts))
+    sharding = self.client_sharding()
+    if sharding is None or sharding == self.replicated():
+      cx, cy = client_major_rows(x, y, train_idx, test_idx)
+      placed = self.put((cx, cy, *small)) if self.mesh is not None else tuple(
+          jnp.asarray(a) for a in (cx, cy, *small))
+      return ClientMajorData(placed[0], placed[1], *placed[2:])
+    m = train_idx.shape[1] + test_idx.shape[1]
+    n = train_idx.shape[0]
+
+    def build(which):
+      shape = (n, m) + (np.shape(x)[1:] if which == 0 else ())
+      dtype = np.asarray(x).dtype if which == 0 else np.asarray(y).dtype
+
+      def shard(index):  # called only for this process's devices
+        return client_major_rows(x, y, train_idx, test_idx, index[0])[which]
+      return jax.make_array_from_callback(shape, sharding, shard, dtype=dtype)
+    tr, trc, te, tec = self.put(small)
+    return ClientMajorData(build(0), build(1), tr, trc, te, tec)
+
   @property
   def fused(self) -> bool:
     """True when a whole round can be one traced program (vmap + scan)."""
@@ -219,14 +289,14 @@ class Executor:
       def pro(shared, stacked, data, ids):
         client = gather(stacked, ids)
         cdata = client_data(data, ids)
-        return lift(task.prologue, (None, 0, _DATA_AXES, 0))(shared, client, cdata, ids)
+        return lift(task.prologue, (None, 0, _data_axes(data), 0))(shared, client, cdata, ids)
 
       def step(state, t, data, ids):
-        return lift(task.step, (0, None, _DATA_AXES))(state, t, client_data(data, ids))
+        return lift(task.step, (0, None, _data_axes(data)))(state, t, client_data(data, ids))
 
       def scan_steps(state, data, ids):
         cdata = client_data(data, ids)
-        f = lift(task.step, (0, None, _DATA_AXES))
+        f = lift(task.step, (0, None, _data_axes(data)))
         return jax.lax.scan(lambda s, t: (f(s, t, cdata), None), state,
                             jnp.arange(task.num_steps))[0]
 

@@ -64,11 +64,20 @@ class Simulation:
       ``SimState.clients`` is invalid afterwards (keep a copy, e.g.
       ``jax.tree.map(jnp.copy, state.clients)``, or pass False to reuse old
       states).
+    data_placement: ``"replicated"`` (default): the pooled dataset on every
+      device; ``"by_client"``: client-major layout (``cohort.ClientMajorData``)
+      split over the ``clients`` mesh axis like the client state, so each
+      process and device holds only its clients' examples (costs padding to
+      the largest client; results are the same).
+
+  Raises:
+    ValueError: on an unknown ``data_placement``.
   """
 
   def __init__(self, algorithm: Algorithm, apply_fn: Callable[..., jax.Array], data: Any, *,
                seed: int, participation: float, execution: cohort_lib.Execution,
-               eval_batch_size: int = 256, finetune: Any = None, donate: bool = True):
+               eval_batch_size: int = 256, finetune: Any = None, donate: bool = True,
+               data_placement: str = "replicated"):
     self.algorithm = algorithm
     self.apply_fn = algorithm.eval_apply or apply_fn
     self.num_clients = int(data.train_idx.shape[0])
@@ -76,8 +85,13 @@ class Simulation:
     self.train_counts = np.asarray(data.train_counts)
     self.test_counts = np.asarray(data.test_counts)
     self.executor = cohort_lib.Executor(execution, self.num_clients)
-    self.data = self.executor.put(cohort_lib.DeviceData(*(jnp.asarray(a) for a in (
-        data.x, data.y, data.train_idx, data.train_counts, data.test_idx, data.test_counts))))
+    arrays = (data.x, data.y, data.train_idx, data.train_counts, data.test_idx, data.test_counts)
+    if data_placement == "by_client":
+      self.data = self.executor.put_client_major(*arrays)
+    elif data_placement == "replicated":
+      self.data = self.executor.put(cohort_lib.DeviceData(*(jnp.asarray(a) for a in arrays)))
+    else:
+      raise ValueError(f"data_placement={data_placement!r}; allowed: replicated, by_client")
     self.eval_batch_size = int(eval_batch_size)
     root = rng.root_key(seed)
     self.init_key = rng.stream_key(root, "init")
@@ -88,24 +102,26 @@ class Simulation:
     self.finetune = finetune
     if finetune is not None:
       self._ft_task = self._finetune_task()
-      self._finetune_fused = jax.jit(lambda server, clients, ids, key: self.executor.map_traced(
-          self._ft_task, (server, key), clients, self.data, ids))
+      self._finetune_fused = jax.jit(lambda server, clients, data, ids, key: (
+          self.executor.map_traced(self._ft_task, (server, key), clients, data, ids)))
     self._sample = jax.jit(rng.sample_cohort, static_argnums=(2, 3))
     self._round_key = jax.jit(jax.random.fold_in)
     # Argument 1 is the stacked [N, ...] client state (see `donate`).
     donated = (1,) if donate else ()
     self._finish_round = jax.jit(self._aggregate_and_scatter, donate_argnums=donated)
     rep, by_client = self.executor.replicated(), self.executor.client_sharding()
-    self._multi_round = jax.jit(self._fused_rounds, static_argnums=3, donate_argnums=donated,
+    # The data is an argument of every program (never closed over): a split
+    # client-major layout spans devices of other processes.
+    self._multi_round = jax.jit(self._fused_rounds, static_argnums=4, donate_argnums=donated,
                                 **({} if rep is None else
                                    {"out_shardings": (rep, by_client, rep)}))
     if rep is None:
       self._fused_round = jax.jit(self._fused, donate_argnums=donated)
-      self._eval_traced = jax.jit(self._evaluate_traced, static_argnums=2)
+      self._eval_traced = jax.jit(self._evaluate_traced, static_argnums=3)
     else:  # outputs the host can read on every process; client state split over clients
       self._fused_round = jax.jit(self._fused, out_shardings=(rep, by_client, rep),
                                   donate_argnums=donated)
-      self._eval_traced = jax.jit(self._evaluate_traced, out_shardings=rep, static_argnums=2)
+      self._eval_traced = jax.jit(self._evaluate_traced, out_shardings=rep, static_argnums=3)
 
   # -- per-client pieces ----------------------------------------------------
   def _make_task(self) -> cohort_lib.ClientTask:
@@ -156,8 +172,8 @@ class Simulation:
     totals["round_clients"] = jnp.sum(w)
     return server, clients, {**_mean_valid(metrics, valid), **totals, **agg_metrics}
 
-  def _fused(self, server, clients, ids, valid, round_key):
-    outputs = self.executor.map_traced(self.task, (server, round_key), clients, self.data, ids)
+  def _fused(self, server, clients, data, ids, valid, round_key):
+    outputs = self.executor.map_traced(self.task, (server, round_key), clients, data, ids)
     return self._aggregate_and_scatter(server, clients, outputs, ids, valid)
 
   def _traced_cohort(self, round_idx: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -167,11 +183,11 @@ class Simulation:
     ids = jnp.concatenate([ids, jnp.full((pad,), self.num_clients, jnp.int32)])
     return ids, ids < self.num_clients
 
-  def _fused_rounds(self, server, clients, first_round, num_rounds: int):
+  def _fused_rounds(self, server, clients, data, first_round, num_rounds: int):
     def body(carry, round_idx):
       ids, valid = self._traced_cohort(round_idx)
       key = jax.random.fold_in(self.train_key, round_idx)
-      server, clients, metrics = self._fused(*carry, ids, valid, key)
+      server, clients, metrics = self._fused(*carry, data, ids, valid, key)
       return (server, clients), metrics
     rounds = first_round + jnp.arange(num_rounds, dtype=jnp.int32)
     (server, clients), metrics = jax.lax.scan(body, (server, clients), rounds)
@@ -200,7 +216,8 @@ class Simulation:
         records.append(metrics)
       return state, records
     first = self.executor.put(jnp.int32(state.round))
-    server, clients, stacked = self._multi_round(state.server, state.clients, first, num_rounds)
+    server, clients, stacked = self._multi_round(state.server, state.clients, self.data, first,
+                                                 num_rounds)
     stacked = {k: np.asarray(v) for k, v in stacked.items()}
     records = [{k: float(v[r]) for k, v in stacked.items()} for r in range(num_rounds)]
     return SimState(server, clients, state.round + num_rounds), records
@@ -213,8 +230,8 @@ class Simulation:
     round_key = self._round_key(self.train_key, state.round)
     if self.executor.fused:
       ids_, valid_, key_ = self.executor.put((ids, valid, round_key))
-      server, clients, metrics = self._fused_round(state.server, state.clients, ids_, valid_,
-                                                   key_)
+      server, clients, metrics = self._fused_round(state.server, state.clients, self.data,
+                                                   ids_, valid_, key_)
     else:
       counts = self.train_counts[np.minimum(ids, self.num_clients - 1)]
       outputs = self.executor.map_host(self.task, (state.server, round_key), state.clients,
@@ -236,19 +253,19 @@ class Simulation:
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.stack([correct.astype(jnp.float32), jnp.sum(jnp.where(mask, ce, 0.0))])
 
-  def _evaluate_traced(self, server, clients, prepare):
-    num_batches = -(-self.data.test_idx.shape[1] // self.eval_batch_size)
+  def _evaluate_traced(self, server, clients, data, prepare):
+    num_batches = -(-data.test_idx.shape[1] // self.eval_batch_size)
 
     def one(shared, client, cdata):
       params = prepare(shared, client)
       sums = jax.lax.map(lambda b: self._batch_sums(params, cdata, b), jnp.arange(num_batches))
       return jnp.sum(sums, axis=0)
     ids = jnp.arange(self.num_clients, dtype=jnp.int32)
-    return self.executor.map_clients(one, server, clients, self.data, ids)
+    return self.executor.map_clients(one, server, clients, data, ids)
 
   def _evaluate_with(self, prepare, shared, stacked) -> Metrics:
     if self.executor.execution.parallelism == "vmap":
-      sums = np.asarray(self._eval_traced(shared, stacked, prepare))
+      sums = np.asarray(self._eval_traced(shared, stacked, self.data, prepare))
     else:
       per_client = self.executor.eval_host(prepare, self._batch_sums, shared, stacked,
                                            self.data, self.test_counts, self.eval_batch_size)
@@ -281,7 +298,8 @@ class Simulation:
     ids, valid = self.executor.pad_cohort(np.arange(self.num_clients))
     key = self._round_key(self.eval_key, state.round)
     if self.executor.fused:
-      tuned = self._finetune_fused(state.server, state.clients, *self.executor.put((ids, key)))
+      tuned = self._finetune_fused(state.server, state.clients, self.data,
+                                   *self.executor.put((ids, key)))
     else:
       counts = self.train_counts[np.minimum(ids, self.num_clients - 1)]
       tuned = self.executor.map_host(self._ft_task, (state.server, key), state.clients,

@@ -181,6 +181,33 @@ def test_donation_consumes_the_input_client_state():
   assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state.clients))
 
 
+@pytest.mark.parametrize("name", ["sequential-python", "vmap-python-chunk3", "vmap-scan-4dev"])
+def test_client_major_data_placement_equals_pooled(name):
+  # system.data_placement="by_client": each device holds its own clients'
+  # examples; training and evaluation are unchanged.
+  ex = SEQ_PY if name == "sequential-python" else EXECUTIONS[name]
+  sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8), execution=ex)
+  ref, _ = run_rounds(sim, p0, 2)
+  sim2, _ = make_sim("fedobp", FedOBPConfig(quantile=0.8), execution=ex,
+                     data_placement="by_client")
+  assert isinstance(sim2.data, cohort.ClientMajorData)
+  got, _ = run_rounds(sim2, p0, 2)
+  chex.assert_trees_all_close(ref.server, got.server, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(ref.clients, got.clients, rtol=1e-5, atol=1e-6)
+  e_ref, e_got = sim.evaluate(ref), sim2.evaluate(got)
+  assert e_ref["client_accuracy"] == e_got["client_accuracy"]
+  assert e_ref["loss"] == pytest.approx(e_got["loss"], rel=1e-5)
+  if name.endswith("4dev"):  # 8 clients over 4 devices: 2 clients' rows per device
+    data = tiny_data()
+    for shard in sim2.data.x.addressable_shards:
+      rows = shard.index[0]
+      assert shard.data.shape[0] == 2
+      want, _ = cohort.client_major_rows(data.x, data.y, data.train_idx, data.test_idx, rows)
+      np.testing.assert_array_equal(np.asarray(shard.data), want)
+  with pytest.raises(ValueError, match="data_placement"):
+    make_sim("fedavg", data_placement="sharded")
+
+
 def test_evaluate_matches_numpy_reference():
   sim, p0 = make_sim("fedavg")
   state = sim.init(p0)
