@@ -142,14 +142,26 @@ def _report(args) -> int:
 def _sweep(args) -> int:
   from fedjax_pfl import sweep as sweep_lib
   sw = sweep_lib.load_sweep(args.config, smoke=args.smoke)
+  total = len(sw.cells)
+  sw = sweep_lib.customize(sw, args.overrides, args.cells)
   out = args.out or os.path.join("runs", sw.name + ("-smoke" if args.smoke else ""))
+  note = args.note
+  if args.overrides or args.cells:
+    note = (f"{note}\n\n" if note else "") + (
+        f"Reduced/modified run: {len(sw.cells)} of {total} cells"
+        + (f" (cells {', '.join(args.cells)})" if args.cells else "")
+        + (f"; overrides: {', '.join(f'`{o}`' for o in args.overrides)}" if args.overrides
+           else "") + ".")
+  if not args.report_only:
+    sweep_lib.check_out_folder(out, {"config": os.path.basename(args.config),
+                                     "smoke": args.smoke, "overrides": list(args.overrides)})
   if args.report_only:
     from fedjax_pfl import io
     results = io.read_jsonl(os.path.join(out, "results.jsonl"))
   else:
     results = sweep_lib.run_sweep(sw, out, progress=not args.no_progress)
   report = args.report or os.path.join(out, "report.md")
-  body = sweep_lib.render_report(sw, results, report, out, note=args.note)
+  body = sweep_lib.render_report(sw, results, report, out, note=note)
   print(body)
   print(f"report: {report}")
   return 0
@@ -207,6 +219,11 @@ def make_parser() -> argparse.ArgumentParser:
   swp.add_argument("--report", default=None, help="Markdown path (default <out>/report.md)")
   swp.add_argument("--report-only", action="store_true", help="render from results.jsonl")
   swp.add_argument("--note", default="", help="text put under the report's title")
+  swp.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override for every cell (e.g. train.rounds=20); "
+                   "<algorithm>.<field> only for that algorithm's cells")
+  swp.add_argument("--cells", action="append", default=[], metavar="PATTERN",
+                   help="run only cells whose name matches (fnmatch, e.g. '*-a0.1-s0')")
   swp.add_argument("--no-progress", action="store_true")
   swp.set_defaults(func=_sweep)
   mem = sub.add_parser("memory", help="memory needed per device for N clients")

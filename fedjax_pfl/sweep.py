@@ -10,6 +10,7 @@ seeds, the paper's number and the difference) as Markdown and a PNG.
 """
 
 import dataclasses
+import fnmatch
 import importlib.util
 import json
 import os
@@ -71,6 +72,58 @@ def load_sweep(path: str, smoke: bool = False) -> Sweep:
   for cell in sweep.cells:
     config_lib.validate(cell.config)  # every cell checked before any compute
   return sweep
+
+
+def customize(sweep: Sweep, overrides: Sequence[str] = (),
+              cells: Sequence[str] = ()) -> Sweep:
+  """A reduced or modified sweep from the same config.
+
+  Args:
+    sweep: the loaded sweep.
+    overrides: ``section.field=value`` items (``config.apply_overrides``)
+      applied to every cell; an item addressed to an algorithm by name (e.g.
+      ``fedobp.quantile=0.999``) only to that algorithm's cells.
+    cells: ``fnmatch`` patterns on cell names; only matching cells are kept
+      (all when empty).
+
+  Returns:
+    The sweep with the kept cells, each re-validated.
+
+  Raises:
+    ConfigError: a bad override, or patterns that match no cell.
+  """
+  from fedjax_pfl import algorithms
+  kept = [c for c in sweep.cells
+          if not cells or any(fnmatch.fnmatchcase(c.name, p) for p in cells)]
+  if not kept:
+    raise config_lib.ConfigError(f"--cells {list(cells)} match no cell of sweep {sweep.name}; "
+                                 f"cells are e.g. {[c.name for c in sweep.cells[:3]]}")
+  out = []
+  for c in kept:
+    mine = [o for o in overrides if not (
+        o.split(".", 1)[0] in algorithms.REGISTRY and o.split(".", 1)[0] != c.config.algorithm)]
+    cfg = config_lib.validate(config_lib.apply_overrides(c.config, mine))
+    out.append(c._replace(config=cfg))
+  return sweep._replace(cells=out)
+
+
+def check_out_folder(out: str, settings: dict) -> None:
+  """Refuses to mix runs of different settings (overrides, smoke) in one
+  sweep folder: the first run records them in ``<out>/sweep.json``.
+
+  Raises:
+    ConfigError: ``out`` holds a sweep run with other settings.
+  """
+  path = os.path.join(out, "sweep.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    if before != settings:
+      raise config_lib.ConfigError(
+          f"{out} holds a sweep run with settings {before}, not {settings}; use another --out")
+    return
+  os.makedirs(out, exist_ok=True)
+  io.write_json_atomic(path, settings)
 
 
 def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,

@@ -103,3 +103,34 @@ def test_full_size_tfds_data_and_model_build_with_mocked_tfds(path, tmp_path):
     model = get_model(cfg.model.name, fd.x.shape[1:], fd.num_classes)
     logits = model.apply(model.init(jax.random.key(0)), fd.x[:2])
     assert logits.shape == (2, fd.num_classes), (name, partition)
+
+
+def test_reduced_run_of_a_config_with_overrides_and_cell_patterns(tmp_path, capsys):
+  from fedjax_pfl.errors import ConfigError
+  from fedjax_pfl.sweep import customize
+  path = "experiments/configs/fedobp_table4.py"
+  full = load_sweep(path, smoke=False)
+  sw = customize(full, ["train.rounds=7", "fedobp.quantile=0.5", "data.num_clients=20"],
+                 ["fedobp-a0.1-*", "fedavg-a0.5-s0"])
+  assert [c.name for c in sw.cells] == ["fedavg-a0.5-s0"] + [      # the config's order
+      f"fedobp-a0.1-s{s}" for s in range(4)]
+  assert all(c.config.train.rounds == 7 and c.config.data.num_clients == 20 for c in sw.cells)
+  assert sw.cells[1].config.algo.quantile == 0.5     # fedobp.* reaches FedOBP cells only
+  with pytest.raises(ConfigError, match="match no cell"):
+    customize(full, [], ["nothing-*"])
+  with pytest.raises(ConfigError, match="train.rounds"):
+    customize(full, ["train.rounds=0"], ["fedavg-a0.5-s0"])
+  # One folder, one set of settings: a second run with other overrides is refused.
+  out = str(tmp_path / "sweep")
+  args = ["sweep", path, "--smoke", "--out", out, "--no-progress", "--cells", "fedavg-*",
+          "--set", "train.local_epochs=2"]
+  assert cli.main(args) == 0
+  with open(os.path.join(out, "report.md")) as f:
+    report = f.read()
+  assert "1 of 13 cells" in report and "`train.local_epochs=2`" in report
+  assert "| FedAvg |" in report and "| FedOBP |" not in report
+  with open(os.path.join(out, "cells", "fedavg-a0.1-s0", "config.json")) as f:
+    assert json.load(f)["train"]["local_epochs"] == 2
+  capsys.readouterr()
+  assert cli.main(args[:-1] + ["train.local_epochs=3"]) == 2
+  assert "use another --out" in capsys.readouterr().err
