@@ -159,7 +159,8 @@ def _sweep(args) -> int:
     from fedjax_pfl import io
     results = io.read_jsonl(os.path.join(out, "results.jsonl"))
   else:
-    results = sweep_lib.run_sweep(sw, out, progress=not args.no_progress)
+    results = sweep_lib.run_sweep(sw, out, progress=not args.no_progress,
+                                  batch_seeds=not args.no_batch_seeds)
   report = args.report or os.path.join(out, "report.md")
   body = sweep_lib.render_report(sw, results, report, out, note=note)
   print(body)
@@ -224,6 +225,9 @@ def make_parser() -> argparse.ArgumentParser:
                    "<algorithm>.<field> only for that algorithm's cells")
   swp.add_argument("--cells", action="append", default=[], metavar="PATTERN",
                    help="run only cells whose name matches (fnmatch, e.g. '*-a0.1-s0')")
+  swp.add_argument("--no-batch-seeds", action="store_true",
+                   help="run cells that differ only in the seed one at a time (by default "
+                   "they share one program where the execution is vmap + scan)")
   swp.add_argument("--no-progress", action="store_true")
   swp.set_defaults(func=_sweep)
   mem = sub.add_parser("memory", help="memory needed per device for N clients")

@@ -101,6 +101,54 @@ def summary_markdown(summary: dict) -> str:
   return f"# Run summary\n\n| field | value |\n|---|---|\n{rows}\n"
 
 
+class _RunLog:
+  """One run's outputs: records, communication totals, files, checkpoints."""
+
+  def __init__(self, config: config_lib.ExperimentConfig, workdir: str, writer: bool):
+    from fedjax_pfl.checkpoint import Checkpointer
+    self.config, self.workdir, self.writer = config, workdir, writer
+    os.makedirs(workdir, exist_ok=True)
+    if writer:
+      io.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
+    self.ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    self.records: list[dict] = []
+    self.comm: dict = {}
+
+  def restore(self, state):
+    restored = self.ckpt.restore(state)
+    if restored is None:
+      return None
+    state, self.records, self.comm = restored
+    return state
+
+  def write_metrics(self) -> None:
+    if self.writer:
+      io.write_jsonl_atomic(os.path.join(self.workdir, "metrics.jsonl"), self.records)
+
+  def add_round(self, round_idx: int, metrics: dict) -> None:
+    _check_finite(metrics, round_idx)
+    for key in ("uplink", "downlink"):
+      self.comm[f"{key}_MiB"] = (self.comm.get(f"{key}_MiB", 0.0)
+                                 + metrics[f"round_{key}_bytes"] / MIB)
+    self.comm["client_rounds"] = self.comm.get("client_rounds", 0.0) + metrics["round_clients"]
+
+  def add_eval(self, record: dict) -> dict:
+    record["comm_totals"] = dict(self.comm)
+    _check_finite(record, record["round"])
+    self.records.append(record)
+    self.write_metrics()
+    return record
+
+  def finish(self, seconds: float) -> dict:
+    summary = _summary(self.config, self.records, seconds)
+    if self.writer:
+      io.write_json_atomic(os.path.join(self.workdir, "summary.json"), summary)
+      io.write_text_atomic(os.path.join(self.workdir, "summary.md"), summary_markdown(summary))
+      from fedjax_pfl.plots import plot_run
+      plot_run(self.workdir)
+    return summary
+
+
 def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = True,
         resume: bool = False, on_eval: Callable[[dict], None] | None = None,
         on_round: Callable[[int], None] | None = None) -> dict:
@@ -124,71 +172,122 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
     DataError / PartitionError: missing or corrupt data, impossible partition.
     DivergenceError: NaN/Inf loss; the last good checkpoint is kept.
   """
-  from fedjax_pfl.checkpoint import Checkpointer
   config_lib.validate(config)
   data = load_data(config.data)
   sim, params0 = build_simulation(config, data)
-  writer = jax.process_index() == 0  # only process 0 writes files (orbax coordinates itself)
-  os.makedirs(workdir, exist_ok=True)
-  if writer:
-    io.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
+  log = _RunLog(config, workdir, writer=jax.process_index() == 0)  # only process 0 writes
   t = config.train
-  ckpt = Checkpointer(workdir, keep=t.keep_checkpoints)
-  state, records, comm = sim.init(params0), [], {}
+  state = sim.init(params0)
   if resume:
-    restored = ckpt.restore(state)
-    if restored is not None:
-      state, records, comm = sim.place(restored[0]), restored[1], restored[2]
-  if writer:
-    io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
-  start = time.perf_counter() - (records[-1]["seconds"] if records else 0.0)
-  bar = _progress(t.rounds, config.algorithm, progress and writer, initial=state.round)
+    restored = log.restore(state)
+    state = state if restored is None else sim.place(restored)
+  log.write_metrics()
+  start = time.perf_counter() - (log.records[-1]["seconds"] if log.records else 0.0)
+  bar = _progress(t.rounds, config.algorithm, progress and log.writer, initial=state.round)
   compiled = sim.executor.fused and config.system.round_loop != "host"
   try:
     while state.round < t.rounds:
       # Rounds up to the next host sync point run as one program when compiled.
       stop = _next_sync(state.round, t) if compiled else state.round + 1
+      first = state.round + 1
       state, chunk = sim.run_rounds(state, stop - state.round)
-      for offset, round_metrics in enumerate(chunk):
-        round_idx = state.round - len(chunk) + offset + 1
-        _check_finite(round_metrics, round_idx)
-        for key in ("uplink", "downlink"):
-          comm[f"{key}_MiB"] = (comm.get(f"{key}_MiB", 0.0)
-                                + round_metrics[f"round_{key}_bytes"] / MIB)
-        comm["client_rounds"] = comm.get("client_rounds", 0.0) + round_metrics["round_clients"]
-        if round_idx < state.round:
+      for round_idx, round_metrics in enumerate(chunk, start=first):
+        log.add_round(round_idx, round_metrics)
+        if round_idx < state.round:  # the chunk's last round: after eval/checkpoint
           bar.update(1)
           if on_round:
             on_round(round_idx)
       last = state.round == t.rounds
       if state.round % t.eval_every == 0 or last:
         record = {"round": state.round, "seconds": round(time.perf_counter() - start, 3),
-                  **round_metrics, **sim.evaluate(state), "comm_totals": dict(comm)}
+                  **round_metrics, **sim.evaluate(state)}
         if sim.finetune is not None:
           tuned = sim.evaluate_finetuned(state)
           record.update({f"finetuned/{k}": v for k, v in tuned.items()})
-        _check_finite(record, state.round)
-        records.append(record)
-        if writer:
-          io.write_jsonl_atomic(os.path.join(workdir, "metrics.jsonl"), records)
+        log.add_eval(record)
         if on_eval:
           on_eval(record)
         bar.set_postfix(acc=f"{record['accuracy']:.4f}", refresh=False)
       if last or (t.checkpoint_every and state.round % t.checkpoint_every == 0):
-        ckpt.save(state, records, comm)
+        log.ckpt.save(state, log.records, log.comm)
       bar.update(1)
       if on_round:
         on_round(state.round)
   finally:
     bar.close()
-    ckpt.close()
-  summary = _summary(config, records, time.perf_counter() - start)
-  if writer:
-    io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    io.write_text_atomic(os.path.join(workdir, "summary.md"), summary_markdown(summary))
-    from fedjax_pfl.plots import plot_run
-    plot_run(workdir)
-  return summary
+    log.ckpt.close()
+  return log.finish(time.perf_counter() - start)
+
+
+def seed_batch_key(config: config_lib.ExperimentConfig):
+  """Configs with equal keys differ only in ``train.seed`` and can run as one
+  program (:func:`run_seeds`); None if this config cannot be batched."""
+  import dataclasses
+  ex = resolve_execution(config.system)
+  if ((ex.parallelism, ex.step_loop) != ("vmap", "scan") or (ex.num_devices or 1) > 1
+      or jax.process_count() > 1 or config.train.finetune_epochs
+      or config.system.round_loop == "host"):
+    return None
+  return repr(dataclasses.replace(config, train=dataclasses.replace(config.train, seed=0)))
+
+
+def run_seeds(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *,
+              progress: bool = True) -> list[dict]:
+  """Runs S experiments that differ only in ``train.seed`` as ONE compiled
+  program (``jax.vmap`` over the runs; :meth:`Simulation.run_rounds_seeds`).
+
+  Each run writes exactly what :func:`run` writes into its own workdir
+  (metrics, summary, plots, checkpoints at ``checkpoint_every``); a batch that
+  is interrupted is continued by :func:`run` per workdir (``resume=True``).
+  Results equal S separate runs (float reductions aside).
+
+  Raises:
+    ConfigError: invalid configs, or configs that differ in more than the seed
+      or cannot be batched (see :func:`seed_batch_key`), before any compute.
+  """
+  from fedjax_pfl.errors import ConfigError
+  for c in configs:
+    config_lib.validate(c)
+  keys = {seed_batch_key(c) for c in configs}
+  if None in keys or len(keys) != 1 or len(configs) != len(workdirs) or not configs:
+    raise ConfigError("run_seeds needs configs that differ only in train.seed, with "
+                      "system.parallelism=vmap, system.step_loop=scan and one device")
+  seeds = [c.train.seed for c in configs]
+  if len(set(seeds)) != len(seeds):
+    raise ConfigError(f"run_seeds: train.seed values {seeds} repeat")
+  config, t = configs[0], configs[0].train
+  data = load_data(config.data)
+  sim, _ = build_simulation(config, data)
+  model = get_model(config.model.name, data.x.shape[1:], data.num_classes)
+  params = [model.init(rng.stream_key(rng.root_key(s), "init")) for s in seeds]
+  writer = jax.process_index() == 0
+  logs = [_RunLog(c, w, writer) for c, w in zip(configs, workdirs)]
+  for log in logs:
+    log.write_metrics()
+  state = sim.init_seeds(params)
+  start = time.perf_counter()
+  bar = _progress(t.rounds, f"{config.algorithm} x{len(seeds)} seeds", progress and writer)
+  try:
+    while state.round < t.rounds:
+      first = state.round + 1
+      state, chunks = sim.run_rounds_seeds(state, seeds, _next_sync(state.round, t) - state.round)
+      for log, chunk in zip(logs, chunks):
+        for round_idx, metrics in enumerate(chunk, start=first):
+          log.add_round(round_idx, metrics)
+      bar.update(len(chunks[0]))
+      last = state.round == t.rounds
+      if state.round % t.eval_every == 0 or last:
+        seconds = round(time.perf_counter() - start, 3)
+        for log, chunk, ev in zip(logs, chunks, sim.evaluate_seeds(state)):
+          log.add_eval({"round": state.round, "seconds": seconds, **chunk[-1], **ev})
+      if last or (t.checkpoint_every and state.round % t.checkpoint_every == 0):
+        for i, log in enumerate(logs):
+          log.ckpt.save(sim.unstack_seed(state, i), log.records, log.comm)
+  finally:
+    bar.close()
+    for log in logs:
+      log.ckpt.close()
+  return [log.finish(time.perf_counter() - start) for log in logs]
 
 
 def _next_sync(round_idx: int, t: config_lib.TrainConfig) -> int:

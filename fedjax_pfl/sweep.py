@@ -127,22 +127,48 @@ def check_out_folder(out: str, settings: dict) -> None:
 
 
 def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
-              log: Callable[[str], None] = print) -> list[dict]:
-  """Runs every unfinished cell; returns all results (one dict per cell)."""
+              log: Callable[[str], None] = print, batch_seeds: bool = True) -> list[dict]:
+  """Runs every unfinished cell; returns all results (one dict per cell).
+
+  With ``batch_seeds`` (default), fresh cells that differ only in
+  ``train.seed`` run as ONE compiled program (``experiment.run_seeds``) when
+  their execution allows it (vmap + scan on one device: accelerators, or set
+  explicitly); otherwise, and for cells that resume from a checkpoint, one
+  cell at a time."""
   from fedjax_pfl import experiment
-  results = []
+  summaries: dict[int, dict] = {}
+  groups: dict[str, list[int]] = {}
   for i, cell in enumerate(sweep.cells):
     workdir = os.path.join(out, "cells", cell.name)
     summary_path = os.path.join(workdir, "summary.json")
     if os.path.exists(summary_path):
       with open(summary_path) as f:
-        summary = json.load(f)
-      log(f"[{i + 1}/{len(sweep.cells)}] {cell.name}: done, skipped")
+        summaries[i] = json.load(f)
+    elif batch_seeds and not os.path.exists(workdir):
+      key = experiment.seed_batch_key(cell.config)
+      if key is not None:
+        groups.setdefault(key, []).append(i)
+  batch_of = {i: g for g in groups.values() if len(g) > 1 for i in g}
+  results, batched = [], set()
+  for i, cell in enumerate(sweep.cells):
+    tag = f"[{i + 1}/{len(sweep.cells)}] {cell.name}"
+    if i in summaries:
+      log(f"{tag}: done" + (" (in a seed batch)" if i in batched else ", skipped"))
+    elif i in batch_of:
+      group = batch_of[i]
+      log(f"{tag}: running with {[sweep.cells[j].name for j in group[1:]]} "
+          f"(seeds {[sweep.cells[j].config.train.seed for j in group]} in one program)")
+      done = experiment.run_seeds([sweep.cells[j].config for j in group],
+                                  [os.path.join(out, "cells", sweep.cells[j].name)
+                                   for j in group], progress=progress)
+      summaries.update(zip(group, done))
+      batched.update(group)
     else:
-      log(f"[{i + 1}/{len(sweep.cells)}] {cell.name}: running")
-      summary = experiment.run(cell.config, workdir, progress=progress, resume=True)
+      log(f"{tag}: running")
+      summaries[i] = experiment.run(cell.config, os.path.join(out, "cells", cell.name),
+                                    progress=progress, resume=True)
     results.append({"cell": cell.name, "row": cell.row, "column": cell.column,
-                    "seed": cell.config.train.seed, **summary})
+                    "seed": cell.config.train.seed, **summaries[i]})
     io.write_jsonl_atomic(os.path.join(out, "results.jsonl"), results)
   return results
 

@@ -15,7 +15,7 @@ checkpoints.
 """
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,9 +112,14 @@ class Simulation:
     rep, by_client = self.executor.replicated(), self.executor.client_sharding()
     # The data is an argument of every program (never closed over): a split
     # client-major layout spans devices of other processes.
-    self._multi_round = jax.jit(self._fused_rounds, static_argnums=4, donate_argnums=donated,
+    self._multi_round = jax.jit(self._fused_rounds, static_argnums=5, donate_argnums=donated,
                                 **({} if rep is None else
                                    {"out_shardings": (rep, by_client, rep)}))
+    self._multi_round_seeds = jax.jit(self._fused_rounds_seeds, static_argnums=5,
+                                      donate_argnums=donated)
+    self._eval_seeds = jax.jit(lambda server, clients, data: jax.vmap(
+        lambda sv, cl: self._evaluate_traced(sv, cl, data, self.algorithm.personalize))(
+            server, clients))
     if rep is None:
       self._fused_round = jax.jit(self._fused, donate_argnums=donated)
       self._eval_traced = jax.jit(self._evaluate_traced, static_argnums=3)
@@ -176,17 +181,19 @@ class Simulation:
     outputs = self.executor.map_traced(self.task, (server, round_key), clients, data, ids)
     return self._aggregate_and_scatter(server, clients, outputs, ids, valid)
 
-  def _traced_cohort(self, round_idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def _traced_cohort(self, round_idx: jax.Array, sample_key) -> tuple[jax.Array, jax.Array]:
     """`cohort` + `Executor.pad_cohort` inside a trace (same ids, same padding)."""
-    ids = rng.sample_cohort(self.sample_key, round_idx, self.num_clients, self.cohort_size)
+    ids = rng.sample_cohort(sample_key, round_idx, self.num_clients, self.cohort_size)
     pad = len(self.executor.pad_cohort(np.zeros(self.cohort_size, np.int32))[0]) - len(ids)
     ids = jnp.concatenate([ids, jnp.full((pad,), self.num_clients, jnp.int32)])
     return ids, ids < self.num_clients
 
-  def _fused_rounds(self, server, clients, data, first_round, num_rounds: int):
+  def _fused_rounds(self, server, clients, data, first_round, keys, num_rounds: int):
+    sample_key, train_key = keys
+
     def body(carry, round_idx):
-      ids, valid = self._traced_cohort(round_idx)
-      key = jax.random.fold_in(self.train_key, round_idx)
+      ids, valid = self._traced_cohort(round_idx, sample_key)
+      key = jax.random.fold_in(train_key, round_idx)
       server, clients, metrics = self._fused(*carry, data, ids, valid, key)
       return (server, clients), metrics
     rounds = first_round + jnp.arange(num_rounds, dtype=jnp.int32)
@@ -216,11 +223,68 @@ class Simulation:
         records.append(metrics)
       return state, records
     first = self.executor.put(jnp.int32(state.round))
+    keys = (self.sample_key, self.train_key)
     server, clients, stacked = self._multi_round(state.server, state.clients, self.data, first,
-                                                 num_rounds)
+                                                 keys, num_rounds)
     stacked = {k: np.asarray(v) for k, v in stacked.items()}
     records = [{k: float(v[r]) for k, v in stacked.items()} for r in range(num_rounds)]
     return SimState(server, clients, state.round + num_rounds), records
+
+  # -- several seeds in one program -------------------------------------------
+  def _check_seed_batching(self) -> None:
+    if not self.executor.fused or self.executor.mesh is not None:
+      raise ValueError("seed batching needs system.parallelism=vmap, system.step_loop=scan "
+                       "and one device (system.num_devices=1)")
+
+  def init_seeds(self, params_per_seed: Sequence[PyTree]) -> SimState:
+    """Stacked initial state ``[S, ...]`` of S runs (one initial model each)."""
+    self._check_seed_batching()
+    states = [self.algorithm.init(p, self.num_clients) for p in params_per_seed]
+    server = jax.tree.map(lambda *xs: jnp.stack(xs), *[s[0] for s in states])
+    clients = jax.tree.map(lambda *xs: jnp.stack(xs), *[s[1] for s in states])
+    return SimState(server, clients, 0)
+
+  def run_rounds_seeds(self, state: SimState, seeds: Sequence[int],
+                       num_rounds: int) -> tuple[SimState, list[list[Metrics]]]:
+    """S runs that differ only in the seed, as ONE program: ``jax.vmap`` over the
+    runs of :meth:`run_rounds`' compiled loop (state stacked ``[S, ...]`` from
+    :meth:`init_seeds`). Seed ``seeds[s]`` gets exactly the keys, cohorts and
+    results of ``Simulation(seed=seeds[s])`` (float reductions aside).
+
+    Returns:
+      The new stacked state and, per run, one metrics dict per round.
+
+    Raises:
+      ValueError: without vmap + scan on one device, or ``num_rounds < 1``.
+    """
+    self._check_seed_batching()
+    if num_rounds < 1:
+      raise ValueError(f"num_rounds={num_rounds}; allowed: >= 1")
+    roots = [rng.root_key(int(s)) for s in seeds]
+    keys = (jnp.stack([rng.stream_key(r, "sample") for r in roots]),
+            jnp.stack([rng.stream_key(r, "train") for r in roots]))
+    server, clients, stacked = self._multi_round_seeds(
+        state.server, state.clients, self.data, jnp.int32(state.round), keys, num_rounds)
+    stacked = {k: np.asarray(v) for k, v in stacked.items()}  # [S, R]
+    records = [[{k: float(v[i, r]) for k, v in stacked.items()} for r in range(num_rounds)]
+               for i in range(len(seeds))]
+    return SimState(server, clients, state.round + num_rounds), records
+
+  def _fused_rounds_seeds(self, server, clients, data, first_round, keys, num_rounds: int):
+    return jax.vmap(lambda s, c, k: self._fused_rounds(s, c, data, first_round, k, num_rounds))(
+        server, clients, keys)
+
+  def evaluate_seeds(self, state: SimState) -> list[Metrics]:
+    """:meth:`evaluate` of each run of a stacked ``[S, ...]`` state, in one program."""
+    self._check_seed_batching()
+    sums = np.asarray(self._eval_seeds(state.server, state.clients, self.data))  # [S, N, 2]
+    return [summarize_eval(s[:, 0], s[:, 1], self.test_counts) for s in sums]
+
+  def unstack_seed(self, state: SimState, index: int) -> SimState:
+    """Run ``index`` of a stacked state, as a plain single-run ``SimState``."""
+    take = lambda a: a[index]
+    return SimState(jax.tree.map(take, state.server), jax.tree.map(take, state.clients),
+                    state.round)
 
   def run_round(self, state: SimState) -> tuple[SimState, Metrics]:
     """One round; returns the new state and host-side scalar metrics.

@@ -169,6 +169,36 @@ def test_run_rounds_equals_single_rounds(name):
     sim2.run_rounds(state, 0)
 
 
+def test_seed_batch_equals_separate_runs():
+  # S runs that differ only in the seed, vmapped into one program, give each
+  # seed's own keys, cohorts and results.
+  ex = EXECUTIONS["vmap-scan"]
+  refs = {}
+  for seed in (0, 3):
+    sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8), execution=ex, seed=seed)
+    state, chunk = sim.run_rounds(sim.init(p0), 3)
+    refs[seed] = (p0, state, chunk, sim.evaluate(state))
+  sim, _ = make_sim("fedobp", FedOBPConfig(quantile=0.8), execution=ex, seed=0)
+  batch = sim.init_seeds([refs[0][0], refs[3][0]])
+  batch, chunks = sim.run_rounds_seeds(batch, [0, 3], 2)
+  batch, more = sim.run_rounds_seeds(batch, [0, 3], 1)
+  evals = sim.evaluate_seeds(batch)
+  assert batch.round == 3
+  for i, seed in enumerate((0, 3)):
+    _, ref, ref_chunk, ref_eval = refs[seed]
+    one = sim.unstack_seed(batch, i)
+    chex.assert_trees_all_close(ref.server, one.server, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(ref.clients, one.clients, rtol=1e-5, atol=1e-6)
+    for want, got in zip(ref_chunk, chunks[i] + more[i]):
+      for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert evals[i]["client_accuracy"] == ref_eval["client_accuracy"]
+  assert refs[0][2][0]["train_loss"] != refs[3][2][0]["train_loss"]  # the seeds differ
+  seq, p0 = make_sim("fedavg")
+  with pytest.raises(ValueError, match="seed batching"):
+    seq.init_seeds([p0])
+
+
 def test_donation_consumes_the_input_client_state():
   sim, p0 = make_sim("local", execution=EXECUTIONS["vmap-scan"])
   state = sim.init(p0)
