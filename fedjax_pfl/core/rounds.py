@@ -117,9 +117,7 @@ class Simulation:
                                    {"out_shardings": (rep, by_client, rep)}))
     self._multi_round_seeds = jax.jit(self._fused_rounds_seeds, static_argnums=5,
                                       donate_argnums=donated)
-    self._eval_seeds = jax.jit(lambda server, clients, data: jax.vmap(
-        lambda sv, cl: self._evaluate_traced(sv, cl, data, self.algorithm.personalize))(
-            server, clients))
+    self._eval_seeds = jax.jit(self._evaluate_seeds_traced)
     if rep is None:
       self._fused_round = jax.jit(self._fused, donate_argnums=donated)
       self._eval_traced = jax.jit(self._evaluate_traced, static_argnums=3)
@@ -271,8 +269,12 @@ class Simulation:
     return SimState(server, clients, state.round + num_rounds), records
 
   def _fused_rounds_seeds(self, server, clients, data, first_round, keys, num_rounds: int):
-    return jax.vmap(lambda s, c, k: self._fused_rounds(s, c, data, first_round, k, num_rounds))(
-        server, clients, keys)
+    runs = lambda s, c, k: self._fused_rounds(s, c, data, first_round, k, num_rounds)
+    return jax.vmap(runs)(server, clients, keys)  # vmap over runs (seeds), not clients
+
+  def _evaluate_seeds_traced(self, server, clients, data):
+    one = lambda sv, cl: self._evaluate_traced(sv, cl, data, self.algorithm.personalize)
+    return jax.vmap(one)(server, clients)  # vmap over runs (seeds), not clients
 
   def evaluate_seeds(self, state: SimState) -> list[Metrics]:
     """:meth:`evaluate` of each run of a stacked ``[S, ...]`` state, in one program."""
