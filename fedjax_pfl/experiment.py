@@ -6,6 +6,7 @@ evaluation), ``summary.json``, ``summary.md``, ``checkpoints/`` and the PNG plot
 atomically.
 """
 
+import dataclasses
 import math
 import os
 import time
@@ -44,6 +45,11 @@ def load_data(cfg: config_lib.DataConfig):
       train_per_client=cfg.train_per_client, test_per_client=cfg.test_per_client)
 
 
+def initial_params(model, seed: int):
+  """The initial model of a run with ``train.seed = seed`` (``init`` key stream)."""
+  return model.init(rng.stream_key(rng.root_key(seed), "init"))
+
+
 def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulation, Any]:
   """Model, local program, algorithm and :class:`Simulation` for loaded data.
 
@@ -52,8 +58,7 @@ def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulat
   """
   t = config.train
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes)
-  root = rng.root_key(t.seed)
-  params0 = model.init(rng.stream_key(root, "init"))
+  params0 = initial_params(model, t.seed)
 
   spec = LocalSpec(model.apply, make_optimizer(t.lr, t.momentum, t.weight_decay),
                    t.local_epochs, t.batch_size, int(data.train_idx.shape[1]),
@@ -222,7 +227,6 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
 def seed_batch_key(config: config_lib.ExperimentConfig):
   """Configs with equal keys differ only in ``train.seed`` and can run as one
   program (:func:`run_seeds`); None if this config cannot be batched."""
-  import dataclasses
   ex = resolve_execution(config.system)
   if ((ex.parallelism, ex.step_loop) != ("vmap", "scan") or (ex.num_devices or 1) > 1
       or jax.process_count() > 1 or config.train.finetune_epochs
@@ -259,7 +263,7 @@ def run_seeds(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   data = load_data(config.data)
   sim, _ = build_simulation(config, data)
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes)
-  params = [model.init(rng.stream_key(rng.root_key(s), "init")) for s in seeds]
+  params = [initial_params(model, s) for s in seeds]
   writer = jax.process_index() == 0
   logs = [_RunLog(c, w, writer) for c, w in zip(configs, workdirs)]
   for log in logs:

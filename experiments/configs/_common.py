@@ -49,6 +49,16 @@ def fedobp_setup(method: str, dataset: str, alpha: float, seed: int, *,
   return dataclasses.replace(cfg, data=C.DataConfig(**data), train=C.TrainConfig(**train))
 
 
+def fedobp_cells(dataset: str, alphas, seeds, *, smoke: bool = False, label: str = ""):
+  """One cell per FedOBP-paper method x alpha x seed (the paper's row order):
+  names ``<method>[-<label>]-a<alpha>-s<seed>``, columns ``[<label> ]α=<alpha>``."""
+  from fedjax_pfl.sweep import Cell
+  tag, col = (f"-{label}", f"{label} ") if label else ("", "")
+  return [Cell(f"{m}{tag}-a{a}-s{s}", fedobp_setup(m, dataset, a, s, smoke=smoke),
+               ROW_NAMES[m], f"{col}α={a}")
+          for m in FEDOBP_METHODS for a in alphas for s in seeds]
+
+
 def cell_metrics(sweep_out: str, cell: str) -> list[dict]:
   """The evaluation records of one finished cell."""
   import os

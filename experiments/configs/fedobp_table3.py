@@ -15,9 +15,9 @@ over the evaluations at rounds 100..400. The seeds 0..3 are ours (UNVERIFIED).
 The smoke size runs every cell on digits (no tfds data in CI).
 """
 
-from _common import FEDOBP_METHODS, ROW_NAMES, fedobp_setup
+from _common import fedobp_cells
 
-from fedjax_pfl.sweep import Cell, Sweep
+from fedjax_pfl.sweep import Sweep
 
 # (tfds name, column label) in the paper's column order.
 DATASETS = [("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"), ("emnist/byclass", "EMNIST"),
@@ -47,8 +47,7 @@ def get_sweep(smoke: bool = False) -> Sweep:
   datasets = DATASETS[:1] if smoke else DATASETS
   alphas = ALPHAS[:1] if smoke else ALPHAS
   seeds = (0,) if smoke else (0, 1, 2, 3)
-  cells = [Cell(f"{m}-{label}-a{a}-s{s}", fedobp_setup(m, name, a, s, smoke=smoke),
-                ROW_NAMES[m], f"{label} α={a}")
-           for name, label in datasets for m in FEDOBP_METHODS for a in alphas for s in seeds]
+  cells = [c for name, label in datasets
+           for c in fedobp_cells(name, alphas, seeds, smoke=smoke, label=label)]
   return Sweep("fedobp_table3", "FedOBP Table III (CIFAR-10/100, EMNIST, SVHN)", cells,
                "best_accuracy", PAPER)

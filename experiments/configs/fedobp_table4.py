@@ -11,9 +11,9 @@ the evaluations at rounds 100..400 (FL-bench's "Max Accuracy"). The 4 seeds are 
 (the paper's seeds are UNVERIFIED).
 """
 
-from _common import FEDOBP_METHODS, ROW_NAMES, fedobp_setup
+from _common import fedobp_cells
 
-from fedjax_pfl.sweep import Cell, Sweep
+from fedjax_pfl.sweep import Sweep
 
 PAPER = {
     ("Local-Only", "α=0.1"): 94.93, ("Local-Only", "α=0.5"): 86.49,
@@ -35,8 +35,6 @@ PAPER = {
 def get_sweep(smoke: bool = False) -> Sweep:
   alphas = (0.1,) if smoke else (0.1, 0.5)
   seeds = (0,) if smoke else (0, 1, 2, 3)
-  cells = [Cell(f"{m}-a{a}-s{s}", fedobp_setup(m, "fashion_mnist", a, s, smoke=smoke),
-                ROW_NAMES[m], f"α={a}")
-           for m in FEDOBP_METHODS for a in alphas for s in seeds]
+  cells = fedobp_cells("fashion_mnist", alphas, seeds, smoke=smoke)
   return Sweep("fedobp_table4", "FedOBP Table IV (Fashion-MNIST)", cells, "best_accuracy",
                PAPER)

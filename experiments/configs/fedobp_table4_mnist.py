@@ -11,9 +11,9 @@ Paper numbers: spec §2.6 Table IV (mean of 4 runs); metric: best pooled accurac
 over the evaluations at rounds 100..400. Seeds 0..3 are ours (UNVERIFIED).
 """
 
-from _common import FEDOBP_METHODS, ROW_NAMES, fedobp_setup
+from _common import fedobp_cells
 
-from fedjax_pfl.sweep import Cell, Sweep
+from fedjax_pfl.sweep import Sweep
 
 _TABLE = {  # (α=0.1, α=0.5)
     "Local-Only": (97.49, 94.44), "FedAvg": (98.58, 98.89), "FedPer": (99.03, 98.10),
@@ -29,7 +29,5 @@ PAPER = {(row, f"α={a}"): v for row, values in _TABLE.items()
 def get_sweep(smoke: bool = False) -> Sweep:
   alphas = (0.1,) if smoke else (0.1, 0.5)
   seeds = (0,) if smoke else (0, 1, 2, 3)
-  cells = [Cell(f"{m}-a{a}-s{s}", fedobp_setup(m, "mnist", a, s, smoke=smoke),
-                ROW_NAMES[m], f"α={a}")
-           for m in FEDOBP_METHODS for a in alphas for s in seeds]
+  cells = fedobp_cells("mnist", alphas, seeds, smoke=smoke)
   return Sweep("fedobp_table4_mnist", "FedOBP Table IV (MNIST)", cells, "best_accuracy", PAPER)

@@ -252,14 +252,19 @@ class Executor:
     """True when a whole round can be one traced program (vmap + scan)."""
     return self.execution.parallelism == "vmap" and self.execution.step_loop == "scan"
 
-  def pad_cohort(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pad ``ids`` to a multiple of the chunk size and device count with the
-    out-of-range id ``N``; returns ``(padded_ids [C'], valid [C'])``."""
-    ids = np.asarray(ids, np.int32)
+  def padded_size(self, cohort_size: int) -> int:
+    """``C'``: ``cohort_size`` rounded up to a multiple of the chunk size and
+    device count (vmap), else unchanged."""
     multiple = 1
     if self.execution.parallelism == "vmap":
       multiple = int(np.lcm(self.execution.chunk_size or 1, self.execution.num_devices or 1))
-    pad = (-len(ids)) % multiple
+    return cohort_size + (-cohort_size) % multiple
+
+  def pad_cohort(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pad ``ids`` to :meth:`padded_size` with the out-of-range id ``N``;
+    returns ``(padded_ids [C'], valid [C'])``."""
+    ids = np.asarray(ids, np.int32)
+    pad = self.padded_size(len(ids)) - len(ids)
     padded = np.concatenate([ids, np.full(pad, self.num_clients, np.int32)])
     return padded, padded < self.num_clients
 

@@ -182,7 +182,7 @@ class Simulation:
   def _traced_cohort(self, round_idx: jax.Array, sample_key) -> tuple[jax.Array, jax.Array]:
     """`cohort` + `Executor.pad_cohort` inside a trace (same ids, same padding)."""
     ids = rng.sample_cohort(sample_key, round_idx, self.num_clients, self.cohort_size)
-    pad = len(self.executor.pad_cohort(np.zeros(self.cohort_size, np.int32))[0]) - len(ids)
+    pad = self.executor.padded_size(self.cohort_size) - self.cohort_size
     ids = jnp.concatenate([ids, jnp.full((pad,), self.num_clients, jnp.int32)])
     return ids, ids < self.num_clients
 
@@ -212,8 +212,7 @@ class Simulation:
     Raises:
       ValueError: if ``num_rounds < 1``.
     """
-    if num_rounds < 1:
-      raise ValueError(f"num_rounds={num_rounds}; allowed: >= 1")
+    _check_num_rounds(num_rounds)
     if not self.executor.fused:
       records = []
       for _ in range(num_rounds):
@@ -224,9 +223,7 @@ class Simulation:
     keys = (self.sample_key, self.train_key)
     server, clients, stacked = self._multi_round(state.server, state.clients, self.data, first,
                                                  keys, num_rounds)
-    stacked = {k: np.asarray(v) for k, v in stacked.items()}
-    records = [{k: float(v[r]) for k, v in stacked.items()} for r in range(num_rounds)]
-    return SimState(server, clients, state.round + num_rounds), records
+    return SimState(server, clients, state.round + num_rounds), _per_round(stacked)
 
   # -- several seeds in one program -------------------------------------------
   def _check_seed_batching(self) -> None:
@@ -256,15 +253,13 @@ class Simulation:
       ValueError: without vmap + scan on one device, or ``num_rounds < 1``.
     """
     self._check_seed_batching()
-    if num_rounds < 1:
-      raise ValueError(f"num_rounds={num_rounds}; allowed: >= 1")
+    _check_num_rounds(num_rounds)
     roots = [rng.root_key(int(s)) for s in seeds]
     keys = (jnp.stack([rng.stream_key(r, "sample") for r in roots]),
             jnp.stack([rng.stream_key(r, "train") for r in roots]))
     server, clients, stacked = self._multi_round_seeds(
         state.server, state.clients, self.data, jnp.int32(state.round), keys, num_rounds)
-    stacked = {k: np.asarray(v) for k, v in stacked.items()}  # [S, R]
-    records = [[{k: float(v[i, r]) for k, v in stacked.items()} for r in range(num_rounds)]
+    records = [_per_round(jax.tree.map(lambda v: v[i], stacked))  # [S, R] -> run i
                for i in range(len(seeds))]
     return SimState(server, clients, state.round + num_rounds), records
 
@@ -372,6 +367,18 @@ class Simulation:
                                      self.data, ids, counts)
     tuned = jax.tree.map(lambda a: a[:self.num_clients], tuned)
     return self._evaluate_with(_own_params, (), tuned)
+
+
+def _check_num_rounds(num_rounds: int) -> None:
+  if num_rounds < 1:
+    raise ValueError(f"num_rounds={num_rounds}; allowed: >= 1")
+
+
+def _per_round(stacked: Metrics) -> list[Metrics]:
+  """``{key: [R] array}`` -> R host-side dicts of floats."""
+  stacked = {k: np.asarray(v) for k, v in stacked.items()}
+  return [{k: float(v[r]) for k, v in stacked.items()}
+          for r in range(len(next(iter(stacked.values()))))]
 
 
 def _own_params(shared, client):
