@@ -76,7 +76,7 @@ def load_workload(args) -> tuple[FederatedData, str]:
 def make_config(args, algorithm: str) -> config_lib.ExperimentConfig:
   return config_lib.ExperimentConfig(
       algorithm=algorithm,
-      model=config_lib.ModelConfig(name=args.model),
+      model=config_lib.ModelConfig(name=args.model, conv=args.conv),
       train=config_lib.TrainConfig(rounds=args.rounds, participation=args.participation,
                                    local_epochs=args.epochs, batch_size=32, lr=0.01,
                                    momentum=args.momentum, seed=0),
@@ -199,6 +199,8 @@ def main(argv=None) -> dict:
   p.add_argument("--chunk-size", type=int, default=None)
   p.add_argument("--model", choices=["cnn", "mlp"], default=None,
                  help="default cnn (FedAvgCNN); --smoke uses mlp (fast compiles)")
+  p.add_argument("--conv", default="auto", choices=["auto", "xla", "im2col"],
+                 help="model.conv: convolution implementation (auto: im2col on CPU)")
   p.add_argument("--torch", action="store_true", help="also time a sequential PyTorch loop")
   args = p.parse_args(argv)
   on_cpu = jax.default_backend() == "cpu"
@@ -213,7 +215,7 @@ def main(argv=None) -> dict:
             "settings": {"workload": "smoke" if args.smoke else "W", "data": source,
                          "N": args.clients, "participation": args.participation,
                          "epochs": args.epochs, "batch_size": 32, "lr": 0.01,
-                         "momentum": args.momentum, "alpha": args.alpha, "model": args.model,
+                         "momentum": args.momentum, "alpha": args.alpha, "model": args.model, "conv": args.conv,
                          "rounds": args.rounds, "parallelism": args.parallelism,
                          "step_loop": args.step_loop, "chunk_size": args.chunk_size,
                          "train_sizes": {"min": int(data.train_counts.min()),

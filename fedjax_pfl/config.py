@@ -39,8 +39,13 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
   """Model name: ``auto`` (MLP for 8x8 inputs, FedAvgCNN otherwise), ``cnn``, ``mlp``,
-  ``resnet8``, ``resnet10`` (BatchNorm; running statistics are non-trainable leaves)."""
+  ``resnet8``, ``resnet10`` (BatchNorm; running statistics are non-trainable leaves).
+
+  ``conv``: how convolutions run, ``auto`` (im2col + matmul on CPU, XLA's
+  convolution elsewhere), ``xla`` or ``im2col`` (:mod:`fedjax_pfl.models.conv`);
+  same params and function, different speed."""
   name: str = "auto"
+  conv: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -130,6 +135,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
   from fedjax_pfl.models import MODELS
   _check(config.model.name in ("auto", *MODELS), "model.name", config.model.name,
          str(["auto", *sorted(MODELS)]))
+  from fedjax_pfl.models.conv import CONV_IMPLS
+  _check(config.model.conv in CONV_IMPLS, "model.conv", config.model.conv,
+         ", ".join(CONV_IMPLS))
   _check(t.rounds >= 1, "train.rounds", t.rounds, ">= 1")
   _check(0 < t.participation <= 1, "train.participation", t.participation, "(0, 1]")
   _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, ">= 1")

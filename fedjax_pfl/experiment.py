@@ -57,7 +57,8 @@ def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulat
     ``(simulation, initial_params)``.
   """
   t = config.train
-  model = get_model(config.model.name, data.x.shape[1:], data.num_classes)
+  model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
+                    config.model.conv)
   params0 = initial_params(model, t.seed)
 
   spec = LocalSpec(model.apply, make_optimizer(t.lr, t.momentum, t.weight_decay),
@@ -262,7 +263,8 @@ def run_seeds(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   config, t = configs[0], configs[0].train
   data = load_data(config.data)
   sim, _ = build_simulation(config, data)
-  model = get_model(config.model.name, data.x.shape[1:], data.num_classes)
+  model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
+                    config.model.conv)
   params = [initial_params(model, s) for s in seeds]
   writer = jax.process_index() == 0
   logs = [_RunLog(c, w, writer) for c, w in zip(configs, workdirs)]

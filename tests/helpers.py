@@ -64,7 +64,8 @@ def tiny_image_data(num_clients=6, seed=0, hw=16):
 
 def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, participation=0.5,
              epochs=2, batch_size=4, lr=0.1, momentum=0.5, seed=0, model=None,
-             finetune_epochs=0, donate=True, data_placement="replicated"):
+             finetune_epochs=0, donate=True, data_placement="replicated",
+             eval_batch_size=2):
   data = data or tiny_data()
   model = model or tiny_model(data.num_classes)
   import jax
@@ -77,7 +78,7 @@ def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, part
   execution = execution or cohort.Execution()
   finetune = spec.program(epochs=finetune_epochs) if finetune_epochs else None
   sim = Simulation(alg, model.apply, data, seed=seed, participation=participation,
-                   execution=execution, eval_batch_size=2, finetune=finetune, donate=donate,
+                   execution=execution, eval_batch_size=eval_batch_size, finetune=finetune, donate=donate,
                    data_placement=data_placement)
   return sim, params0
 

@@ -287,7 +287,7 @@ class Executor:
 
   # -- host-driven path ------------------------------------------------------
   def _jitted(self, task: ClientTask, batched: bool):
-    key = (id(task), batched)
+    key = (task, batched)  # by value: an id() can be reused after the object dies
     if key not in self._compiled:
       lift = (lambda f, axes: jax.vmap(f, in_axes=axes)) if batched else (lambda f, axes: f)
 
@@ -352,7 +352,7 @@ class Executor:
     """One client at a time from the host: ``p = prepare(shared, client)`` then
     ``batch_fn(p, test_data, b)`` for each real test batch ``b``; returns the
     per-client sums (a list of pytrees, index = client id)."""
-    key = (id(prepare), id(batch_fn), "eval")
+    key = (prepare, batch_fn, "eval")  # bound methods compare equal, ids do not
     if key not in self._compiled:
       self._compiled[key] = (
           jax.jit(lambda shared, stacked, i: prepare(shared, gather(stacked, i))),

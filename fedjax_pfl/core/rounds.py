@@ -92,7 +92,11 @@ class Simulation:
       self.data = self.executor.put(cohort_lib.DeviceData(*(jnp.asarray(a) for a in arrays)))
     else:
       raise ValueError(f"data_placement={data_placement!r}; allowed: replicated, by_client")
-    self.eval_batch_size = int(eval_batch_size)
+    if int(eval_batch_size) < 1:
+      raise ValueError(f"eval_batch_size={eval_batch_size}; allowed: >= 1")
+    # No batch larger than the widest client test set: padding rows cost
+    # a full forward pass each (50 test examples in batches of 256 = 5x work).
+    self.eval_batch_size = max(1, min(int(eval_batch_size), int(data.test_idx.shape[1])))
     root = rng.root_key(seed)
     self.init_key = rng.stream_key(root, "init")
     self.sample_key = rng.stream_key(root, "sample")

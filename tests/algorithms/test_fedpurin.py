@@ -139,6 +139,22 @@ def test_contract_and_sparsified_evaluation():
   assert np.isfinite(sim.evaluate(state)["accuracy"])
 
 
+def test_first_round_model_is_fedcacs_trained_model_masked():
+  """Round 1 trains the same models in FedPURIN and FedCAC (same init, keys,
+  data); FedPURIN's evaluated model keeps FedCAC's values on its mask and is
+  exactly 0 elsewhere, about half of each tensor at tau = 0.5."""
+  from fedjax_pfl.algorithms.fedcac import FedCACConfig
+  purin, p0 = make_sim("fedpurin", FedPURINConfig(tau=0.5), participation=1.0)
+  cac, _ = make_sim("fedcac", FedCACConfig(tau=0.5), participation=1.0)
+  sparse = run_rounds(purin, p0, 1)[0].clients.trained
+  dense = run_rounds(cac, p0, 1)[0].clients.trained
+  for a, b in zip(jax.tree.leaves(sparse), jax.tree.leaves(dense)):
+    a, b = np.asarray(a), np.asarray(b)
+    kept = a != 0
+    np.testing.assert_array_equal(a[kept], b[kept])
+    assert 0.3 < kept.mean() <= 0.75
+
+
 def test_validate():
   with pytest.raises(ValueError, match="fedpurin.grad"):
     FedPURINConfig(grad="fisher").validate()

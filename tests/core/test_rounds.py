@@ -138,7 +138,7 @@ def test_no_retracing_across_rounds():
   sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8),
                      execution=cohort.Execution(parallelism="vmap", step_loop="python"))
   run_rounds(sim, p0, 3)
-  jitted = sim.executor._compiled[(id(sim.task), True)]
+  jitted = sim.executor._compiled[(sim.task, True)]
   assert all(f._cache_size() == 1 for f in jitted if f._cache_size())
   assert sim._finish_round._cache_size() == 1
   sim2, _ = make_sim("fedavg", execution=EXECUTIONS["vmap-scan"])
@@ -250,6 +250,30 @@ def test_evaluate_matches_numpy_reference():
     correct[i] = np.sum(logits[idx].argmax(-1) == data.y[idx])
   assert ev["accuracy"] == pytest.approx(correct.sum() / data.test_counts.sum())
   assert ev["client_mean_accuracy"] == pytest.approx(np.mean(correct / data.test_counts))
+
+
+@pytest.mark.parametrize("name", ["sequential-python", "vmap-scan"])
+def test_evaluate_traces_once_and_clamps_the_batch(name):
+  execution = SEQ_PY if name == "sequential-python" else EXECUTIONS[name]
+  sim, p0 = make_sim("fedavg", execution=execution, eval_batch_size=1000)
+  assert sim.eval_batch_size == tiny_data().test_idx.shape[1]   # widest test set
+  traces = []
+  personalize = sim.algorithm.personalize
+
+  def counting(server, client):
+    traces.append(1)
+    return personalize(server, client)
+  sim.algorithm = sim.algorithm._replace(personalize=counting)
+  state = sim.init(p0)
+  first = sim.evaluate(state)
+  traced = len(traces)
+  assert traced >= 1
+  assert sim.evaluate(state) == first
+  assert len(traces) == traced        # the second evaluation reuses the programs
+  small, _ = make_sim("fedavg", execution=execution, eval_batch_size=2)
+  ref = small.evaluate(small.init(p0))
+  assert first["accuracy"] == pytest.approx(ref["accuracy"])
+  assert first["loss"] == pytest.approx(ref["loss"], rel=1e-5)
 
 
 def test_summarize_eval_handles_empty_clients():
