@@ -78,8 +78,8 @@ def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, part
   execution = execution or cohort.Execution()
   finetune = spec.program(epochs=finetune_epochs) if finetune_epochs else None
   sim = Simulation(alg, model.apply, data, seed=seed, participation=participation,
-                   execution=execution, eval_batch_size=eval_batch_size, finetune=finetune, donate=donate,
-                   data_placement=data_placement)
+                   execution=execution, eval_batch_size=eval_batch_size, finetune=finetune,
+                   donate=donate, data_placement=data_placement)
   return sim, params0
 
 

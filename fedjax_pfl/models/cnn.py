@@ -2,9 +2,10 @@
 
 conv5x5-32 -> ReLU -> maxpool2 -> conv5x5-64 -> ReLU -> maxpool2 -> fc-512 ->
 ReLU -> classifier. ``conv`` picks the convolution (``models.conv``: ``auto``
-= im2col on CPU, XLA's elsewhere; same params either way). 582,026 parameters on 28x28x1 with 10 classes, 878,538 on
-32x32x3. Initialized like PyTorch's defaults (kaiming-uniform a=sqrt(5):
-weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))). Layout NHWC.
+= im2col on CPU, XLA's elsewhere; same params either way). 582,026 parameters
+on 28x28x1 with 10 classes, 878,538 on 32x32x3. Initialized like PyTorch's
+defaults (kaiming-uniform a=sqrt(5): weights and biases U(-1/sqrt(fan_in),
+1/sqrt(fan_in))). Layout NHWC.
 """
 
 import flax.linen as nn

@@ -6,8 +6,8 @@ one BasicBlock per stage (stage 1 stride 1; later stages stride 2 with a 1x1
 conv + BN shortcut) -> global average pool -> ``classifier``. Widths
 [64, 128, 256] (ResNet-8) or [64, 128, 256, 512] (ResNet-10). Convs use
 Kaiming-normal (fan_out) init, BN scale 1 and bias 0. ``conv`` picks the
-convolution (``models.conv``: ``auto`` = im2col on CPU; same params). Parameter counts
-(trainable): ResNet-8 on 28x28x1 with 10 classes 1,229,002; on 32x32x3
+convolution (``models.conv``: ``auto`` = im2col on CPU; same params). Parameter
+counts (trainable): ResNet-8 on 28x28x1 with 10 classes 1,229,002; on 32x32x3
 1,235,274; ResNet-10 on 32x32x3 with 100 classes 4,957,092.
 
 BatchNorm follows PyTorch's defaults: momentum 0.1 (flax ``momentum=0.9``),
@@ -35,18 +35,18 @@ def _bn(name: str, train: bool, mask):
 class BasicBlock(nn.Module):
   features: int
   stride: int
-  conv_impl: str = "auto"
+  conv: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool, mask):
-    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding=k // 2, use_bias=False,
-                                         kernel_init=_kaiming, name=name,
-                                         conv_general_dilated=conv_fn(self.conv_impl))
-    out = nn.relu(_bn("bn1", train, mask)(conv(self.features, 3, self.stride, "conv1")(x)))
-    out = _bn("bn2", train, mask)(conv(self.features, 3, 1, "conv2")(out))
+    make_conv = lambda f, k, s, name: nn.Conv(
+        f, (k, k), (s, s), padding=k // 2, use_bias=False, kernel_init=_kaiming, name=name,
+        conv_general_dilated=conv_fn(self.conv))
+    out = nn.relu(_bn("bn1", train, mask)(make_conv(self.features, 3, self.stride, "conv1")(x)))
+    out = _bn("bn2", train, mask)(make_conv(self.features, 3, 1, "conv2")(out))
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = _bn("downsample_bn", train, mask)(conv(self.features, 1, self.stride,
-                                                 "downsample_conv")(x))
+      x = _bn("downsample_bn", train, mask)(make_conv(self.features, 1, self.stride,
+                                                      "downsample_conv")(x))
     return nn.relu(out + x)
 
 
