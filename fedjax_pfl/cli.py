@@ -160,7 +160,7 @@ def _sweep(args) -> int:
     results = io.read_jsonl(os.path.join(out, "results.jsonl"))
   else:
     results = sweep_lib.run_sweep(sw, out, progress=not args.no_progress,
-                                  batch_seeds=not args.no_batch_seeds)
+                                  batch=not args.no_batch)
   report = args.report or os.path.join(out, "report.md")
   body = sweep_lib.render_report(sw, results, report, out, note=note)
   print(body)
@@ -225,9 +225,10 @@ def make_parser() -> argparse.ArgumentParser:
                    "<algorithm>.<field> only for that algorithm's cells")
   swp.add_argument("--cells", action="append", default=[], metavar="PATTERN",
                    help="run only cells whose name matches (fnmatch, e.g. '*-a0.1-s0')")
-  swp.add_argument("--no-batch-seeds", action="store_true",
-                   help="run cells that differ only in the seed one at a time (by default "
-                   "they share one program where the execution is vmap + scan)")
+  swp.add_argument("--no-batch", "--no-batch-seeds", dest="no_batch", action="store_true",
+                   help="run every cell on its own (by default cells that differ only in "
+                   "the seed, learning rate or batchable algorithm fields such as FedOBP's "
+                   "quantile share one program where the execution is vmap + scan)")
   swp.add_argument("--no-progress", action="store_true")
   swp.set_defaults(func=_sweep)
   mem = sub.add_parser("memory", help="memory needed per device for N clients")

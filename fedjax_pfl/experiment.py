@@ -20,6 +20,7 @@ from fedjax_pfl.core import cohort, rng
 from fedjax_pfl.core.local import LocalSpec, make_optimizer
 from fedjax_pfl.core.rounds import MIB, Simulation
 from fedjax_pfl.data import load_federated
+from fedjax_pfl.errors import ConfigError
 from fedjax_pfl.models import get_model
 
 
@@ -50,8 +51,40 @@ def initial_params(model, seed: int):
   return model.init(rng.stream_key(rng.root_key(seed), "init"))
 
 
+def algorithm_builder(config: config_lib.ExperimentConfig, model, params0,
+                      num_slots: int) -> Callable[..., tuple[Any, LocalSpec]]:
+  """``build(hparams={}) -> (Algorithm, LocalSpec)`` for ``config``.
+
+  ``hparams`` maps batchable field names (:func:`batchable_fields`:
+  ``"train.lr"``, ``"algo.<field>"``) to values that replace the config's;
+  the values may be JAX tracers (one program for many learning rates or
+  quantiles, :meth:`Simulation.run_rounds_batch`). Nothing is cached: every
+  call builds fresh closures over the values it is given.
+  """
+  t = config.train
+
+  def build(hparams=None):
+    hparams = dict(hparams or {})
+    unknown = set(hparams) - set(batchable_fields(config))
+    if unknown:
+      raise ConfigError(f"not batchable for {config.algorithm}: {sorted(unknown)}; "
+                        f"batchable: {batchable_fields(config)}")
+    lr = hparams.pop("train.lr", t.lr)
+    algo = config.algo
+    if hparams:
+      algo = dataclasses.replace(algo, **{k.split(".", 1)[1]: v for k, v in hparams.items()})
+    spec = LocalSpec(model.apply, make_optimizer(lr, t.momentum, t.weight_decay),
+                     t.local_epochs, t.batch_size, num_slots, model.apply_train,
+                     model.state_mask, lr)
+    return algorithms.build(config.algorithm, algo, spec=spec, params=params0), spec
+  return build
+
+
 def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulation, Any]:
   """Model, local program, algorithm and :class:`Simulation` for loaded data.
+
+  The simulation can rebuild its algorithm with other batchable
+  hyperparameters (:func:`algorithm_builder`), for :func:`run_batch`.
 
   Returns:
     ``(simulation, initial_params)``.
@@ -60,18 +93,16 @@ def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulat
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
                     config.model.conv)
   params0 = initial_params(model, t.seed)
-
-  spec = LocalSpec(model.apply, make_optimizer(t.lr, t.momentum, t.weight_decay),
-                   t.local_epochs, t.batch_size, int(data.train_idx.shape[1]),
-                   model.apply_train, model.state_mask, t.lr)
-  alg = algorithms.build(config.algorithm, config.algo, spec=spec, params=params0)
+  build = algorithm_builder(config, model, params0, int(data.train_idx.shape[1]))
+  alg, spec = build()
   finetune = None
   if t.finetune_epochs and alg.eval_apply is None:
     finetune = spec.program(epochs=t.finetune_epochs)
   sim = Simulation(alg, model.apply, data, seed=t.seed, participation=t.participation,
                    execution=resolve_execution(config.system),
                    eval_batch_size=t.eval_batch_size, finetune=finetune,
-                   data_placement=config.system.data_placement)
+                   data_placement=config.system.data_placement,
+                   rebuild=lambda hparams: build(hparams)[0])
   return sim, params0
 
 
@@ -225,21 +256,44 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
   return log.finish(time.perf_counter() - start)
 
 
-def seed_batch_key(config: config_lib.ExperimentConfig):
-  """Configs with equal keys differ only in ``train.seed`` and can run as one
-  program (:func:`run_seeds`); None if this config cannot be batched."""
+def batchable_fields(config: config_lib.ExperimentConfig) -> list[str]:
+  """Fields besides ``train.seed`` in which runs of one program may differ:
+  ``train.lr`` and the algorithm's batchable fields (``AlgorithmSpec.batchable``,
+  e.g. FedOBP's ``algo.quantile``)."""
+  extra = algorithms.REGISTRY[config.algorithm].batchable
+  return ["train.lr", *(f"algo.{name}" for name in extra)]
+
+
+def _get_field(config: config_lib.ExperimentConfig, name: str):
+  section, field = name.split(".", 1)
+  return getattr(getattr(config, section), field)
+
+
+def batch_key(config: config_lib.ExperimentConfig):
+  """Configs with equal keys differ only in ``train.seed`` and batchable
+  hyperparameters (:func:`batchable_fields`: learning rate, quantile) and can
+  run as one program (:func:`run_batch`); None if this config cannot be
+  batched (batching needs vmap + scan on one device, the compiled round loop
+  and no fine-tuning evaluation)."""
   ex = resolve_execution(config.system)
   if ((ex.parallelism, ex.step_loop) != ("vmap", "scan") or (ex.num_devices or 1) > 1
       or jax.process_count() > 1 or config.train.finetune_epochs
       or config.system.round_loop == "host"):
     return None
-  return repr(dataclasses.replace(config, train=dataclasses.replace(config.train, seed=0)))
+  algo = config.algo
+  extra = algorithms.REGISTRY[config.algorithm].batchable
+  if extra:
+    algo = dataclasses.replace(algo, **{name: None for name in extra})
+  return repr(dataclasses.replace(
+      config, train=dataclasses.replace(config.train, seed=0, lr=0.0), algo=algo))
 
 
-def run_seeds(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *,
+def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *,
               progress: bool = True) -> list[dict]:
-  """Runs S experiments that differ only in ``train.seed`` as ONE compiled
-  program (``jax.vmap`` over the runs; :meth:`Simulation.run_rounds_seeds`).
+  """Runs S experiments that differ only in ``train.seed``, ``train.lr`` and
+  the algorithm's batchable fields (e.g. FedOBP's ``quantile``) as ONE
+  compiled program (``jax.vmap`` over the runs;
+  :meth:`Simulation.run_rounds_batch`).
 
   Each run writes exactly what :func:`run` writes into its own workdir
   (metrics, summary, plots, checkpoints at ``checkpoint_every``); a batch that
@@ -247,20 +301,25 @@ def run_seeds(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   Results equal S separate runs (float reductions aside).
 
   Raises:
-    ConfigError: invalid configs, or configs that differ in more than the seed
-      or cannot be batched (see :func:`seed_batch_key`), before any compute.
+    ConfigError: invalid configs, configs that differ in more than those
+      fields or cannot be batched (see :func:`batch_key`), or two equal
+      configs, before any compute.
   """
-  from fedjax_pfl.errors import ConfigError
   for c in configs:
     config_lib.validate(c)
-  keys = {seed_batch_key(c) for c in configs}
+  keys = {batch_key(c) for c in configs}
   if None in keys or len(keys) != 1 or len(configs) != len(workdirs) or not configs:
-    raise ConfigError("run_seeds needs configs that differ only in train.seed, with "
-                      "system.parallelism=vmap, system.step_loop=scan and one device")
-  seeds = [c.train.seed for c in configs]
-  if len(set(seeds)) != len(seeds):
-    raise ConfigError(f"run_seeds: train.seed values {seeds} repeat")
+    raise ConfigError("run_batch needs configs that differ only in train.seed, train.lr or "
+                      "the algorithm's batchable fields, with system.parallelism=vmap, "
+                      "system.step_loop=scan and one device")
   config, t = configs[0], configs[0].train
+  varying = [f for f in batchable_fields(config)
+             if len({_get_field(c, f) for c in configs}) > 1]
+  runs = [(c.train.seed, *(_get_field(c, f) for f in varying)) for c in configs]
+  if len(set(runs)) != len(runs):
+    raise ConfigError(f"run_batch: runs {runs} (train.seed, {', '.join(varying)}) repeat")
+  hparams = {f: [float(_get_field(c, f)) for c in configs] for f in varying}
+  seeds = [c.train.seed for c in configs]
   data = load_data(config.data)
   sim, _ = build_simulation(config, data)
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
@@ -270,13 +329,14 @@ def run_seeds(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   logs = [_RunLog(c, w, writer) for c, w in zip(configs, workdirs)]
   for log in logs:
     log.write_metrics()
-  state = sim.init_seeds(params)
+  state = sim.init_batch(params, hparams)
   start = time.perf_counter()
-  bar = _progress(t.rounds, f"{config.algorithm} x{len(seeds)} seeds", progress and writer)
+  bar = _progress(t.rounds, f"{config.algorithm} x{len(configs)} runs", progress and writer)
   try:
     while state.round < t.rounds:
       first = state.round + 1
-      state, chunks = sim.run_rounds_seeds(state, seeds, _next_sync(state.round, t) - state.round)
+      state, chunks = sim.run_rounds_batch(state, seeds, _next_sync(state.round, t) - state.round,
+                                           hparams)
       for log, chunk in zip(logs, chunks):
         for round_idx, metrics in enumerate(chunk, start=first):
           log.add_round(round_idx, metrics)
@@ -284,11 +344,11 @@ def run_seeds(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
       last = state.round == t.rounds
       if state.round % t.eval_every == 0 or last:
         seconds = round(time.perf_counter() - start, 3)
-        for log, chunk, ev in zip(logs, chunks, sim.evaluate_seeds(state)):
+        for log, chunk, ev in zip(logs, chunks, sim.evaluate_batch(state, hparams)):
           log.add_eval({"round": state.round, "seconds": seconds, **chunk[-1], **ev})
       if last or (t.checkpoint_every and state.round % t.checkpoint_every == 0):
         for i, log in enumerate(logs):
-          log.ckpt.save(sim.unstack_seed(state, i), log.records, log.comm)
+          log.ckpt.save(sim.unstack_run(state, i), log.records, log.comm)
   finally:
     bar.close()
     for log in logs:

@@ -127,14 +127,14 @@ def check_out_folder(out: str, settings: dict) -> None:
 
 
 def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
-              log: Callable[[str], None] = print, batch_seeds: bool = True) -> list[dict]:
+              log: Callable[[str], None] = print, batch: bool = True) -> list[dict]:
   """Runs every unfinished cell; returns all results (one dict per cell).
 
-  With ``batch_seeds`` (default), fresh cells that differ only in
-  ``train.seed`` run as ONE compiled program (``experiment.run_seeds``) when
-  their execution allows it (vmap + scan on one device: accelerators, or set
-  explicitly); otherwise, and for cells that resume from a checkpoint, one
-  cell at a time."""
+  With ``batch`` (default), fresh cells that differ only in ``train.seed``,
+  ``train.lr`` and the algorithm's batchable fields (FedOBP's quantile) run as
+  ONE compiled program (``experiment.run_batch``) when their execution allows
+  it (vmap + scan on one device: accelerators, or set explicitly); otherwise,
+  and for cells that resume from a checkpoint, one cell at a time."""
   from fedjax_pfl import experiment
   summaries: dict[int, dict] = {}
   groups: dict[str, list[int]] = {}
@@ -144,8 +144,8 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
     if os.path.exists(summary_path):
       with open(summary_path) as f:
         summaries[i] = json.load(f)
-    elif batch_seeds and not os.path.exists(workdir):
-      key = experiment.seed_batch_key(cell.config)
+    elif batch and not os.path.exists(workdir):
+      key = experiment.batch_key(cell.config)
       if key is not None:
         groups.setdefault(key, []).append(i)
   batch_of = {i: g for g in groups.values() if len(g) > 1 for i in g}
@@ -153,12 +153,12 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
   for i, cell in enumerate(sweep.cells):
     tag = f"[{i + 1}/{len(sweep.cells)}] {cell.name}"
     if i in summaries:
-      log(f"{tag}: done" + (" (in a seed batch)" if i in batched else ", skipped"))
+      log(f"{tag}: done" + (" (in a batch)" if i in batched else ", skipped"))
     elif i in batch_of:
       group = batch_of[i]
       log(f"{tag}: running with {[sweep.cells[j].name for j in group[1:]]} "
-          f"(seeds {[sweep.cells[j].config.train.seed for j in group]} in one program)")
-      done = experiment.run_seeds([sweep.cells[j].config for j in group],
+          f"({len(group)} runs in one program)")
+      done = experiment.run_batch([sweep.cells[j].config for j in group],
                                   [os.path.join(out, "cells", sweep.cells[j].name)
                                    for j in group], progress=progress)
       summaries.update(zip(group, done))

@@ -71,15 +71,25 @@ def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, part
   import jax
   params0 = model.init(jax.random.key(seed))
 
-  spec = LocalSpec(model.apply, make_optimizer(lr, momentum), epochs, batch_size,
-                   int(data.train_idx.shape[1]), model.apply_train, model.state_mask, lr)
   entry = algorithms.REGISTRY[name]
-  alg = entry.build(algo_config or entry.config_cls(), spec=spec, params=params0)
+
+  def build(hparams=None):
+    """The algorithm with ``{"train.lr": v, "algo.<field>": v}`` replaced."""
+    hp = dict(hparams or {})
+    lr_ = hp.pop("train.lr", lr)
+    cfg = algo_config or entry.config_cls()
+    if hp:
+      cfg = dataclasses.replace(cfg, **{k.split(".", 1)[1]: v for k, v in hp.items()})
+    spec = LocalSpec(model.apply, make_optimizer(lr_, momentum), epochs, batch_size,
+                     int(data.train_idx.shape[1]), model.apply_train, model.state_mask, lr_)
+    return entry.build(cfg, spec=spec, params=params0), spec
+  alg, spec = build()
   execution = execution or cohort.Execution()
   finetune = spec.program(epochs=finetune_epochs) if finetune_epochs else None
   sim = Simulation(alg, model.apply, data, seed=seed, participation=participation,
                    execution=execution, eval_batch_size=eval_batch_size, finetune=finetune,
-                   donate=donate, data_placement=data_placement)
+                   donate=donate, data_placement=data_placement,
+                   rebuild=lambda hp: build(hp)[0])
   return sim, params0
 
 

@@ -136,30 +136,39 @@ def test_reduced_run_of_a_config_with_overrides_and_cell_patterns(tmp_path, caps
   assert "use another --out" in capsys.readouterr().err
 
 
-def test_cells_differing_only_in_seed_run_as_one_program(tmp_path):
-  # vmap + scan on one device: the two seeds of each cell pair share one
-  # compiled program, and give the same results as separate runs.
+def test_cells_differing_in_seed_lr_and_quantile_run_as_one_program(tmp_path):
+  # vmap + scan on one device: cells that differ only in the seed, the
+  # learning rate and FedOBP's quantile share one compiled program, and give
+  # the same results as separate runs.
   base = config.apply_overrides(config.ExperimentConfig(algorithm="fedobp"), [
       "data.num_clients=6", "train.rounds=3", "train.local_epochs=1", "train.eval_every=2",
       "algo.quantile=0.9", "model.name=mlp", "system.parallelism=vmap",
       "system.step_loop=scan", "system.num_devices=1"])
-  cells = [Cell(f"s{s}", dataclasses.replace(base, train=dataclasses.replace(
-      base.train, seed=s)), "FedOBP", "x") for s in (0, 1)]
+  runs = {"s0": (0, 0.01, 0.9), "s1": (1, 0.01, 0.9), "q5": (0, 0.03, 0.5)}
+  cells = [Cell(name, config.apply_overrides(base, [
+      f"train.seed={seed}", f"train.lr={lr}", f"algo.quantile={q}"]), "FedOBP", name)
+           for name, (seed, lr, q) in runs.items()]
+  from fedjax_pfl import experiment
+  assert len({experiment.batch_key(c.config) for c in cells}) == 1
+  assert experiment.batch_key(config.apply_overrides(base, ["train.momentum=0.5"])) != (
+      experiment.batch_key(base))
   sweep = Sweep("t", "t", cells)
   logs = []
   batched = run_sweep(sweep, str(tmp_path / "batched"), log=logs.append)
-  assert "in one program" in logs[0] and logs[1] == "[2/2] s1: done (in a seed batch)"
-  single = run_sweep(sweep, str(tmp_path / "single"), log=lambda s: None, batch_seeds=False)
+  assert "3 runs in one program" in logs[0] and logs[1] == "[2/3] s1: done (in a batch)"
+  single = run_sweep(sweep, str(tmp_path / "single"), log=lambda s: None, batch=False)
   for b, s in zip(batched, single):
-    for key in ("final_accuracy", "best_accuracy", "total_uplink_MiB"):
+    for key in ("final_accuracy", "final_loss", "best_accuracy", "total_uplink_MiB"):
       assert b[key] == pytest.approx(s[key], rel=1e-4, abs=1e-6), key
     assert b["rounds"] == 3
   assert batched[0]["final_loss"] != batched[1]["final_loss"]
-  for name in ("s0", "s1"):  # each cell's own outputs and checkpoint, as a single run's
+  assert batched[0]["final_loss"] != batched[2]["final_loss"]
+  for name in runs:  # each cell's own outputs and checkpoint, as a single run's
     cell = tmp_path / "batched" / "cells" / name
     assert (cell / "summary.json").exists() and (cell / "metrics.jsonl").exists()
     assert (cell / "checkpoints").is_dir()
-  from fedjax_pfl import experiment
   with pytest.raises(config.ConfigError, match="differ only in train.seed"):
-    experiment.run_seeds([base, dataclasses.replace(base, algorithm="fedavg",
+    experiment.run_batch([base, dataclasses.replace(base, algorithm="fedavg",
                                                     algo=None)], ["a", "b"])
+  with pytest.raises(config.ConfigError, match="repeat"):
+    experiment.run_batch([base, base], ["a", "b"])

@@ -22,6 +22,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from fedjax_pfl.algorithms.spec import is_traced
 from fedjax_pfl.core.local import LocalProgram, epoch_permutations, gather_batch
 from fedjax_pfl.models.base import label_params
 from fedjax_pfl.types import Params, PyTree
@@ -101,12 +102,15 @@ def last_leaves_rules(params: Params, k: int, label: str) -> dict[str, str]:
   return {f"^{re.escape(p)}$": label for p in paths[len(paths) - k:]} if k else {}
 
 
-def client_lr(spec) -> float:
-  """The client learning rate: ``spec.lr`` when the spec carries it, else read
-  off the optimizer as ``-update`` for a unit gradient at zero params with a
-  fresh state (exact for ``make_optimizer`` SGD with or without momentum and
-  weight decay; not for Nesterov)."""
+def client_lr(spec) -> float | jax.Array:
+  """The client learning rate: ``spec.lr`` when the spec carries it (a float,
+  or a traced scalar when learning rates are batched into one program), else
+  read off the optimizer as ``-update`` for a unit gradient at zero params
+  with a fresh state (exact for ``make_optimizer`` SGD with or without
+  momentum and weight decay; not for Nesterov)."""
   lr = getattr(spec, "lr", None)
+  if is_traced(lr):
+    return lr
   if lr is not None:
     return float(lr)
   p = {"p": jnp.zeros((), jnp.float32)}

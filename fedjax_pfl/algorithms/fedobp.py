@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_pfl import ops
-from fedjax_pfl.algorithms.spec import AlgorithmSpec
+from fedjax_pfl.algorithms.spec import AlgorithmSpec, is_traced
 from fedjax_pfl.core import cohort
 from fedjax_pfl.core.algorithm import Algorithm
 from fedjax_pfl.core.local import LocalProgram
@@ -56,7 +56,8 @@ class FedOBPConfig:
 
   Attributes:
     quantile: q in [0, 1]; about (1 - q) of the scored entries are
-      personalized (Table II of the paper gives q per dataset).
+      personalized (Table II of the paper gives q per dataset). Batchable:
+      may be a traced scalar, so a quantile sweep runs as one program.
     norm: ``"none"``, ``"global"`` (reference default; ranks like ``none``) or
       ``"layer"`` (per-tensor min-max).
     scope: ``"all"`` or ``"classifier"`` (the CLS variant).
@@ -73,7 +74,7 @@ class FedOBPConfig:
   ema_alpha: float = 0.5
 
   def validate(self) -> None:
-    if not 0.0 <= self.quantile <= 1.0:
+    if not is_traced(self.quantile) and not 0.0 <= self.quantile <= 1.0:
       raise ValueError(f"fedobp.quantile={self.quantile}; allowed: [0, 1]")
     if self.norm not in ops.NORMS:
       raise ValueError(f"fedobp.norm={self.norm!r}; allowed: {list(ops.NORMS)}")
@@ -172,4 +173,5 @@ def _build(cfg: FedOBPConfig, *, spec, params) -> Algorithm:
   return fedobp(local=local, config=cfg, scope=scope_mask(params, cfg.scope))
 
 
-SPECS = {"fedobp": AlgorithmSpec(FedOBPConfig, _build, "FedOBP (Chen et al., arXiv:2604.16574)")}
+SPECS = {"fedobp": AlgorithmSpec(FedOBPConfig, _build, "FedOBP (Chen et al., arXiv:2604.16574)",
+                                 batchable=("quantile",))}

@@ -15,7 +15,7 @@ checkpoints.
 """
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +69,12 @@ class Simulation:
       split over the ``clients`` mesh axis like the client state, so each
       process and device holds only its clients' examples (costs padding to
       the largest client; results are the same).
+    rebuild: optional ``hparams -> Algorithm``: the same algorithm with some
+      float hyperparameters replaced (``{name: scalar}``, e.g.
+      ``{"train.lr": 0.05, "algo.quantile": 0.99}``; values may be JAX
+      tracers). It lets :meth:`run_rounds_batch` run S runs that differ in
+      those hyperparameters as one program; ``rebuild({})`` must equal
+      ``algorithm``.
 
   Raises:
     ValueError: on an unknown ``data_placement``.
@@ -77,8 +83,10 @@ class Simulation:
   def __init__(self, algorithm: Algorithm, apply_fn: Callable[..., jax.Array], data: Any, *,
                seed: int, participation: float, execution: cohort_lib.Execution,
                eval_batch_size: int = 256, finetune: Any = None, donate: bool = True,
-               data_placement: str = "replicated"):
+               data_placement: str = "replicated",
+               rebuild: Callable[[Mapping[str, Any]], Algorithm] | None = None):
     self.algorithm = algorithm
+    self.rebuild = rebuild
     self.apply_fn = algorithm.eval_apply or apply_fn
     self.num_clients = int(data.train_idx.shape[0])
     self.cohort_size = cohort_size(self.num_clients, participation)
@@ -102,7 +110,7 @@ class Simulation:
     self.sample_key = rng.stream_key(root, "sample")
     self.train_key = rng.stream_key(root, "train")
     self.eval_key = rng.stream_key(root, "eval")
-    self.task = self._make_task()
+    self.task = self._make_task(algorithm)
     self.finetune = finetune
     if finetune is not None:
       self._ft_task = self._finetune_task()
@@ -119,9 +127,9 @@ class Simulation:
     self._multi_round = jax.jit(self._fused_rounds, static_argnums=5, donate_argnums=donated,
                                 **({} if rep is None else
                                    {"out_shardings": (rep, by_client, rep)}))
-    self._multi_round_seeds = jax.jit(self._fused_rounds_seeds, static_argnums=5,
+    self._multi_round_batch = jax.jit(self._fused_rounds_batch, static_argnums=5,
                                       donate_argnums=donated)
-    self._eval_seeds = jax.jit(self._evaluate_seeds_traced)
+    self._eval_batch = jax.jit(self._evaluate_batch_traced)
     if rep is None:
       self._fused_round = jax.jit(self._fused, donate_argnums=donated)
       self._eval_traced = jax.jit(self._evaluate_traced, static_argnums=3)
@@ -131,8 +139,8 @@ class Simulation:
       self._eval_traced = jax.jit(self._evaluate_traced, out_shardings=rep, static_argnums=3)
 
   # -- per-client pieces ----------------------------------------------------
-  def _make_task(self) -> cohort_lib.ClientTask:
-    alg, prog = self.algorithm, self.algorithm.local_train
+  def _make_task(self, alg: Algorithm) -> cohort_lib.ClientTask:
+    prog = alg.local_train
 
     def prologue(shared, client, cdata: ClientData, cid):
       server, round_key = shared
@@ -169,19 +177,22 @@ class Simulation:
     """Sorted client ids of round ``round_idx`` (host numpy, ``[C]``)."""
     return np.asarray(self._sample(self.sample_key, round_idx, self.num_clients, self.cohort_size))
 
-  def _aggregate_and_scatter(self, server, clients, outputs, ids, valid):
+  def _aggregate_and_scatter(self, server, clients, outputs, ids, valid, alg=None):
     uploads, new_clients, metrics = outputs
     weights = self.data.train_counts[jnp.minimum(ids, self.num_clients - 1)] * valid
-    server, agg_metrics = self.algorithm.aggregate(server, uploads, weights.astype(jnp.float32))
+    alg = self.algorithm if alg is None else alg
+    server, agg_metrics = alg.aggregate(server, uploads, weights.astype(jnp.float32))
     clients = cohort_lib.scatter(clients, ids, new_clients, valid)
     w = valid.astype(jnp.float32)
     totals = {f"round_{k}": jnp.sum(metrics[k] * w) for k in ("uplink_bytes", "downlink_bytes")}
     totals["round_clients"] = jnp.sum(w)
     return server, clients, {**_mean_valid(metrics, valid), **totals, **agg_metrics}
 
-  def _fused(self, server, clients, data, ids, valid, round_key):
-    outputs = self.executor.map_traced(self.task, (server, round_key), clients, data, ids)
-    return self._aggregate_and_scatter(server, clients, outputs, ids, valid)
+  def _fused(self, server, clients, data, ids, valid, round_key, alg=None):
+    alg = self.algorithm if alg is None else alg
+    task = self.task if alg is self.algorithm else self._make_task(alg)
+    outputs = self.executor.map_traced(task, (server, round_key), clients, data, ids)
+    return self._aggregate_and_scatter(server, clients, outputs, ids, valid, alg)
 
   def _traced_cohort(self, round_idx: jax.Array, sample_key) -> tuple[jax.Array, jax.Array]:
     """`cohort` + `Executor.pad_cohort` inside a trace (same ids, same padding)."""
@@ -190,13 +201,14 @@ class Simulation:
     ids = jnp.concatenate([ids, jnp.full((pad,), self.num_clients, jnp.int32)])
     return ids, ids < self.num_clients
 
-  def _fused_rounds(self, server, clients, data, first_round, keys, num_rounds: int):
+  def _fused_rounds(self, server, clients, data, first_round, keys, num_rounds: int,
+                    alg=None):
     sample_key, train_key = keys
 
     def body(carry, round_idx):
       ids, valid = self._traced_cohort(round_idx, sample_key)
       key = jax.random.fold_in(train_key, round_idx)
-      server, clients, metrics = self._fused(*carry, data, ids, valid, key)
+      server, clients, metrics = self._fused(*carry, data, ids, valid, key, alg)
       return (server, clients), metrics
     rounds = first_round + jnp.arange(num_rounds, dtype=jnp.int32)
     (server, clients), metrics = jax.lax.scan(body, (server, clients), rounds)
@@ -229,59 +241,98 @@ class Simulation:
                                                  keys, num_rounds)
     return SimState(server, clients, state.round + num_rounds), _per_round(stacked)
 
-  # -- several seeds in one program -------------------------------------------
-  def _check_seed_batching(self) -> None:
+  # -- several runs (seeds, hyperparameters) in one program -------------------
+  def _check_batching(self) -> None:
     if not self.executor.fused or self.executor.mesh is not None:
-      raise ValueError("seed batching needs system.parallelism=vmap, system.step_loop=scan "
-                       "and one device (system.num_devices=1)")
+      raise ValueError("batching runs (seeds, hyperparameters) needs system.parallelism=vmap, "
+                       "system.step_loop=scan and one device (system.num_devices=1)")
 
-  def init_seeds(self, params_per_seed: Sequence[PyTree]) -> SimState:
-    """Stacked initial state ``[S, ...]`` of S runs (one initial model each)."""
-    self._check_seed_batching()
-    states = [self.algorithm.init(p, self.num_clients) for p in params_per_seed]
+  def _algorithm_for(self, hparams: Mapping[str, Any]) -> Algorithm:
+    """The algorithm with ``hparams`` replaced (the base one if empty)."""
+    if not hparams:
+      return self.algorithm
+    if self.rebuild is None:
+      raise ValueError(f"hyperparameters {sorted(hparams)} can only be batched with "
+                       "Simulation(rebuild=...)")
+    return self.rebuild(dict(hparams))
+
+  def _stacked_hparams(self, hparams: Mapping[str, Sequence[float]] | None,
+                       num_runs: int) -> dict[str, jax.Array]:
+    hparams = dict(hparams or {})
+    for name, values in hparams.items():
+      if len(values) != num_runs:
+        raise ValueError(f"hparams[{name!r}] has {len(values)} values for {num_runs} runs")
+    return {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in hparams.items()}
+
+  def init_batch(self, params_per_run: Sequence[PyTree],
+                 hparams: Mapping[str, Sequence[float]] | None = None) -> SimState:
+    """Stacked initial state ``[S, ...]`` of S runs: one initial model per run
+    and, optionally, per-run values of float hyperparameters (``hparams``:
+    ``{name: S values}``, names as understood by the ``rebuild`` function)."""
+    self._check_batching()
+    hparams = dict(hparams or {})
+    self._stacked_hparams(hparams, len(params_per_run))
+    states = [self._algorithm_for({k: float(v[i]) for k, v in hparams.items()})
+              .init(p, self.num_clients) for i, p in enumerate(params_per_run)]
     server = jax.tree.map(lambda *xs: jnp.stack(xs), *[s[0] for s in states])
     clients = jax.tree.map(lambda *xs: jnp.stack(xs), *[s[1] for s in states])
     return SimState(server, clients, 0)
 
-  def run_rounds_seeds(self, state: SimState, seeds: Sequence[int],
-                       num_rounds: int) -> tuple[SimState, list[list[Metrics]]]:
-    """S runs that differ only in the seed, as ONE program: ``jax.vmap`` over the
-    runs of :meth:`run_rounds`' compiled loop (state stacked ``[S, ...]`` from
-    :meth:`init_seeds`). Seed ``seeds[s]`` gets exactly the keys, cohorts and
-    results of ``Simulation(seed=seeds[s])`` (float reductions aside).
+  def run_rounds_batch(self, state: SimState, seeds: Sequence[int], num_rounds: int,
+                       hparams: Mapping[str, Sequence[float]] | None = None,
+                       ) -> tuple[SimState, list[list[Metrics]]]:
+    """S runs as ONE program: ``jax.vmap`` over the runs of :meth:`run_rounds`'
+    compiled loop (state stacked ``[S, ...]`` from :meth:`init_batch`). Run
+    ``s`` has seed ``seeds[s]`` and, for each ``name`` in ``hparams``, the
+    value ``hparams[name][s]`` (a traced float32 scalar handed to
+    ``rebuild``); it gets exactly the keys, cohorts and results of a
+    ``Simulation`` built with that seed and those values (float reductions
+    aside). Each distinct set of ``hparams`` names compiles one program.
 
     Returns:
       The new stacked state and, per run, one metrics dict per round.
 
     Raises:
-      ValueError: without vmap + scan on one device, or ``num_rounds < 1``.
+      ValueError: without vmap + scan on one device, ``num_rounds < 1``,
+        ``hparams`` without ``rebuild``, or value lists not of length S.
     """
-    self._check_seed_batching()
+    self._check_batching()
     _check_num_rounds(num_rounds)
+    stacked_hp = self._stacked_hparams(hparams, len(seeds))
     roots = [rng.root_key(int(s)) for s in seeds]
     keys = (jnp.stack([rng.stream_key(r, "sample") for r in roots]),
             jnp.stack([rng.stream_key(r, "train") for r in roots]))
-    server, clients, stacked = self._multi_round_seeds(
-        state.server, state.clients, self.data, jnp.int32(state.round), keys, num_rounds)
+    server, clients, stacked = self._multi_round_batch(
+        state.server, state.clients, self.data, jnp.int32(state.round), keys, num_rounds,
+        stacked_hp)
     records = [_per_round(jax.tree.map(lambda v: v[i], stacked))  # [S, R] -> run i
                for i in range(len(seeds))]
     return SimState(server, clients, state.round + num_rounds), records
 
-  def _fused_rounds_seeds(self, server, clients, data, first_round, keys, num_rounds: int):
-    runs = lambda s, c, k: self._fused_rounds(s, c, data, first_round, k, num_rounds)
-    return jax.vmap(runs)(server, clients, keys)  # vmap over runs (seeds), not clients
+  def _fused_rounds_batch(self, server, clients, data, first_round, keys, num_rounds: int,
+                          hparams):
+    def one_run(s, c, k, hp):
+      # Built inside the trace: hyperparameters are this run's traced values.
+      alg = self._algorithm_for(hp)
+      return self._fused_rounds(s, c, data, first_round, k, num_rounds, alg)
+    return jax.vmap(one_run)(server, clients, keys, hparams)  # vmap over runs, not clients
 
-  def _evaluate_seeds_traced(self, server, clients, data):
-    one = lambda sv, cl: self._evaluate_traced(sv, cl, data, self.algorithm.personalize)
-    return jax.vmap(one)(server, clients)  # vmap over runs (seeds), not clients
+  def _evaluate_batch_traced(self, server, clients, data, hparams):
+    def one_run(sv, cl, hp):
+      return self._evaluate_traced(sv, cl, data, self._algorithm_for(hp).personalize)
+    return jax.vmap(one_run)(server, clients, hparams)  # vmap over runs, not clients
 
-  def evaluate_seeds(self, state: SimState) -> list[Metrics]:
-    """:meth:`evaluate` of each run of a stacked ``[S, ...]`` state, in one program."""
-    self._check_seed_batching()
-    sums = np.asarray(self._eval_seeds(state.server, state.clients, self.data))  # [S, N, 2]
-    return [summarize_eval(s[:, 0], s[:, 1], self.test_counts) for s in sums]
+  def evaluate_batch(self, state: SimState,
+                     hparams: Mapping[str, Sequence[float]] | None = None) -> list[Metrics]:
+    """:meth:`evaluate` of each run of a stacked ``[S, ...]`` state, in one
+    program (``hparams`` as given to :meth:`run_rounds_batch`)."""
+    self._check_batching()
+    num_runs = int(jax.tree.leaves((state.server, state.clients))[0].shape[0])
+    stacked_hp = self._stacked_hparams(hparams, num_runs)
+    sums = np.asarray(self._eval_batch(state.server, state.clients, self.data, stacked_hp))
+    return [summarize_eval(s[:, 0], s[:, 1], self.test_counts) for s in sums]  # [S, N, 2]
 
-  def unstack_seed(self, state: SimState, index: int) -> SimState:
+  def unstack_run(self, state: SimState, index: int) -> SimState:
     """Run ``index`` of a stacked state, as a plain single-run ``SimState``."""
     take = lambda a: a[index]
     return SimState(jax.tree.map(take, state.server), jax.tree.map(take, state.clients),

@@ -79,3 +79,28 @@ def test_execution_strategy_invariance(case):
   e_got = sim.evaluate(got)
   assert e_ref["accuracy"] == pytest.approx(e_got["accuracy"])
   assert e_ref["loss"] == pytest.approx(e_got["loss"], rel=1e-4)
+
+
+VMAP_1DEV = cohort.Execution(parallelism="vmap", step_loop="scan", num_devices=1)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_learning_rate_and_batchable_fields_may_be_traced(case):
+  # Every algorithm builds and traces with the client learning rate (and its
+  # declared batchable fields) as traced per-run values: what lets a sweep
+  # over learning rates or quantiles run as one program. Traced only
+  # (jax.eval_shape), values are checked in tests/core/test_rounds.py.
+  sim, p0 = _sim(case, VMAP_1DEV)
+  name = case.split("-")[0]
+  base = CONFIGS.get(case) or algorithms.REGISTRY[name].config_cls()
+  hparams = {"train.lr": [0.1, 0.05]}
+  for field in algorithms.REGISTRY[name].batchable:
+    hparams[f"algo.{field}"] = [getattr(base, field)] * 2
+  state = sim.init_batch([p0, p0], hparams)
+  stacked = {k: jax.numpy.asarray(v, jax.numpy.float32) for k, v in hparams.items()}
+  keys = (jax.numpy.stack([sim.sample_key] * 2), jax.numpy.stack([sim.train_key] * 2))
+  one_round = lambda *args: sim._fused_rounds_batch(*args[:5], 1, args[5])
+  out = jax.eval_shape(one_round, state.server, state.clients, sim.data, jax.numpy.int32(0),
+                       keys, stacked)
+  chex.assert_trees_all_equal_shapes_and_dtypes(out[:2], (state.server, state.clients))
+  jax.eval_shape(sim._evaluate_batch_traced, state.server, state.clients, sim.data, stacked)

@@ -169,34 +169,54 @@ def test_run_rounds_equals_single_rounds(name):
     sim2.run_rounds(state, 0)
 
 
-def test_seed_batch_equals_separate_runs():
-  # S runs that differ only in the seed, vmapped into one program, give each
-  # seed's own keys, cohorts and results.
+@pytest.mark.parametrize("name,runs", [
+    # (seed, lr, quantile): lr and q vary, a seed repeats with another lr.
+    ("fedobp", [(0, 0.1, 0.8), (0, 0.05, 0.5), (3, 0.1, 0.5)]),
+    ("apfl", [(0, 0.1, None), (0, 0.02, None)]),  # alpha's step size is the client lr
+])
+def test_batched_runs_equal_separate_runs(name, runs):
+  # Runs that differ in seed, learning rate and quantile, vmapped into one
+  # program with the values traced, give each run's own keys, cohorts and
+  # results (in chunks of 2 + 1 rounds, as between two evaluations).
   ex = EXECUTIONS["vmap-scan"]
-  refs = {}
-  for seed in (0, 3):
-    sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8), execution=ex, seed=seed)
+  cfg = lambda q: FedOBPConfig(quantile=q) if q is not None else None
+  refs = []
+  for seed, lr, q in runs:
+    sim, p0 = make_sim(name, cfg(q), execution=ex, seed=seed, lr=lr)
     state, chunk = sim.run_rounds(sim.init(p0), 3)
-    refs[seed] = (p0, state, chunk, sim.evaluate(state))
-  sim, _ = make_sim("fedobp", FedOBPConfig(quantile=0.8), execution=ex, seed=0)
-  batch = sim.init_seeds([refs[0][0], refs[3][0]])
-  batch, chunks = sim.run_rounds_seeds(batch, [0, 3], 2)
-  batch, more = sim.run_rounds_seeds(batch, [0, 3], 1)
-  evals = sim.evaluate_seeds(batch)
+    refs.append((p0, state, chunk, sim.evaluate(state)))
+  sim, _ = make_sim(name, cfg(runs[0][2]), execution=ex, seed=0, lr=runs[0][1])
+  hparams = {"train.lr": [r[1] for r in runs]}
+  if name == "fedobp":
+    hparams["algo.quantile"] = [r[2] for r in runs]
+  seeds = [r[0] for r in runs]
+  batch = sim.init_batch([r[0] for r in refs], hparams)
+  batch, chunks = sim.run_rounds_batch(batch, seeds, 2, hparams)
+  batch, more = sim.run_rounds_batch(batch, seeds, 1, hparams)
+  chunks = [a + b for a, b in zip(chunks, more)]
+  evals = sim.evaluate_batch(batch, hparams)
   assert batch.round == 3
-  for i, seed in enumerate((0, 3)):
-    _, ref, ref_chunk, ref_eval = refs[seed]
-    one = sim.unstack_seed(batch, i)
+  for i, (_, ref, ref_chunk, ref_eval) in enumerate(refs):
+    one = sim.unstack_run(batch, i)
     chex.assert_trees_all_close(ref.server, one.server, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(ref.clients, one.clients, rtol=1e-5, atol=1e-6)
-    for want, got in zip(ref_chunk, chunks[i] + more[i]):
+    for want, got in zip(ref_chunk, chunks[i]):
       for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
     assert evals[i]["client_accuracy"] == ref_eval["client_accuracy"]
-  assert refs[0][2][0]["train_loss"] != refs[3][2][0]["train_loss"]  # the seeds differ
-  seq, p0 = make_sim("fedavg")
-  with pytest.raises(ValueError, match="seed batching"):
-    seq.init_seeds([p0])
+  assert refs[0][2][-1]["train_loss"] != refs[1][2][-1]["train_loss"]  # the runs differ
+  assert sim._multi_round_batch._cache_size() == 2  # one program per chunk length
+  if name == "fedobp":  # different quantiles personalize different fractions
+    assert chunks[1][-1]["personalized_fraction"] > chunks[0][-1]["personalized_fraction"]
+  with pytest.raises(ValueError, match=f"values for {len(runs)} runs"):
+    sim.run_rounds_batch(batch, seeds, 1, {"train.lr": [0.1]})
+  plain, p0 = make_sim(name, execution=ex)
+  plain.rebuild = None
+  with pytest.raises(ValueError, match="rebuild"):
+    plain.init_batch([p0, p0], {"train.lr": [0.1, 0.2]})
+  seq, p0 = make_sim(name)
+  with pytest.raises(ValueError, match="batching runs"):
+    seq.init_batch([p0])
 
 
 def test_donation_consumes_the_input_client_state():
