@@ -60,6 +60,10 @@ def algorithm_builder(config: config_lib.ExperimentConfig, model, params0,
   the values may be JAX tracers (one program for many learning rates or
   quantiles, :meth:`Simulation.run_rounds_batch`). Nothing is cached: every
   call builds fresh closures over the values it is given.
+
+  Raises:
+    ConfigError: (from ``build``) a name in ``hparams`` that is not batchable
+      for this algorithm.
   """
   t = config.train
 

@@ -172,3 +172,18 @@ def test_cells_differing_in_seed_lr_and_quantile_run_as_one_program(tmp_path):
                                                     algo=None)], ["a", "b"])
   with pytest.raises(config.ConfigError, match="repeat"):
     experiment.run_batch([base, base], ["a", "b"])
+
+
+def test_algorithm_builder_rejects_fields_that_are_not_batchable():
+  from fedjax_pfl import experiment
+  from fedjax_pfl.models import get_model
+  cfg = config.ExperimentConfig(algorithm="fedobp")
+  assert experiment.batchable_fields(cfg) == ["train.lr", "algo.quantile"]
+  assert experiment.batchable_fields(dataclasses.replace(cfg, algorithm="fedavg", algo=None)) == [
+      "train.lr"]
+  model = get_model("mlp", (8, 8, 1), 10)
+  build = experiment.algorithm_builder(cfg, model, experiment.initial_params(model, 0), 16)
+  alg, spec = build({"train.lr": 0.5, "algo.quantile": 0.9})
+  assert alg.name == "fedobp" and spec.lr == 0.5
+  with pytest.raises(config.ConfigError, match=r"not batchable for fedobp: \['algo.norm'\]"):
+    build({"algo.norm": "layer"})
