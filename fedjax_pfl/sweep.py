@@ -174,8 +174,9 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
 
 
 def table(sweep: Sweep, results: Sequence[dict]) -> tuple[str, dict]:
-  """Markdown table: per (row, column) mean ± std over seeds of
-  ``sweep.scale * sweep.metric``, the paper's value and the difference."""
+  """Markdown table: per (row, column) mean ± std over seeds (population std,
+  ``np.std``; shown from 2 seeds on) of ``sweep.scale * sweep.metric``, the
+  paper's value and the difference."""
   groups: dict[tuple[str, str], list[float]] = {}
   for r in results:
     groups.setdefault((r["row"], r["column"]), []).append(sweep.scale * r[sweep.metric])
@@ -194,7 +195,8 @@ def table(sweep: Sweep, results: Sequence[dict]) -> tuple[str, dict]:
         continue
       mean, std = float(np.mean(vals)), float(np.std(vals))
       stats[(row, col)] = (mean, std, len(vals))
-      ours = f"{mean:.2f} ({std:.2f}, n={len(vals)})"
+      ours = (f"{mean:.2f} ({std:.2f}, n={len(vals)})" if len(vals) > 1
+              else f"{mean:.2f} (n=1)")  # no spread to report from one seed
       cells.append(f"{ours} | {paper:.2f} | {mean - paper:+.2f}" if paper is not None
                    else f"{ours} | – | –")
     lines.append(f"| {row} | " + " | ".join(cells) + " |")
@@ -207,7 +209,8 @@ def render_report(sweep: Sweep, results: Sequence[dict], out_md: str, sweep_out:
   text, _ = table(sweep, results)
   sizes = sorted({(r["dataset"], r["rounds"]) for r in results})
   unit = "%" if sweep.scale == 100.0 else f"x{sweep.scale:g}"
-  body = (f"# {sweep.title}\n\n{note}\n\nMetric: `{sweep.metric}` ({unit}), mean (std, n seeds). "
+  body = (f"# {sweep.title}\n\n{note}\n\nMetric: `{sweep.metric}` ({unit}), mean (std, n seeds; "
+          "the std from 2 seeds on). "
           f"Runs: {', '.join(f'{d}, {n} rounds' for d, n in sizes)}.\n\n{text}\n")
   io.write_text_atomic(out_md, body)
   if sweep.plot is not None:

@@ -66,7 +66,7 @@ def test_table_mean_std_and_difference():
   text, stats = table(sweep, results)
   assert stats[("A", "c")] == pytest.approx((50.0, 10.0, 2))
   assert "| A | 50.00 (10.00, n=2) | 50.00 | +0.00 |" in text
-  assert "| B | 70.00 (0.00, n=1) | – | – |" in text
+  assert "| B | 70.00 (n=1) | – | – |" in text
 
 
 def test_bad_sweep_path_is_a_clear_error(capsys):
