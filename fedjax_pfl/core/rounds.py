@@ -11,7 +11,9 @@ model's ``apply`` function and the resident data, and runs rounds:
 With ``vmap`` + ``scan`` the whole round is one compiled program, and
 :meth:`Simulation.run_rounds` puts many rounds (cohort sampling included) into
 one compiled ``lax.scan``, so the host syncs only for logging, evaluation and
-checkpoints.
+checkpoints. :meth:`Simulation.run_rounds_batch` vmaps that loop over S runs
+that differ in seed and in float hyperparameters (learning rate, FedOBP's
+quantile), rebuilding the algorithm from each run's traced values.
 """
 
 import math
@@ -74,7 +76,9 @@ class Simulation:
       ``{"train.lr": 0.05, "algo.quantile": 0.99}``; values may be JAX
       tracers). It lets :meth:`run_rounds_batch` run S runs that differ in
       those hyperparameters as one program; ``rebuild({})`` must equal
-      ``algorithm``.
+      ``algorithm``. Evaluation applies the base algorithm's ``eval_apply``,
+      so it must not depend on the replaced values (the client learning rate
+      and FedOBP's quantile enter only training and ``personalize``).
 
   Raises:
     ValueError: on an unknown ``data_placement``.
