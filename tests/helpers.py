@@ -4,11 +4,11 @@ import dataclasses
 
 import numpy as np
 
-from fedjax_pfl import algorithms
+from fedjax_pfl import config as config_lib
 from fedjax_pfl.core import cohort
-from fedjax_pfl.core.local import LocalSpec, make_optimizer
 from fedjax_pfl.core.rounds import Simulation
 from fedjax_pfl.data import FederatedData, pad_indices
+from fedjax_pfl.experiment import algorithm_builder
 from fedjax_pfl.models.base import from_flax
 from fedjax_pfl.models.mlp import MLP
 
@@ -71,18 +71,12 @@ def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, part
   import jax
   params0 = model.init(jax.random.key(seed))
 
-  entry = algorithms.REGISTRY[name]
-
-  def build(hparams=None):
-    """The algorithm with ``{"train.lr": v, "algo.<field>": v}`` replaced."""
-    hp = dict(hparams or {})
-    lr_ = hp.pop("train.lr", lr)
-    cfg = algo_config or entry.config_cls()
-    if hp:
-      cfg = dataclasses.replace(cfg, **{k.split(".", 1)[1]: v for k, v in hp.items()})
-    spec = LocalSpec(model.apply, make_optimizer(lr_, momentum), epochs, batch_size,
-                     int(data.train_idx.shape[1]), model.apply_train, model.state_mask, lr_)
-    return entry.build(cfg, spec=spec, params=params0), spec
+  # The production builder: rebuild() replaces {"train.lr": v, "algo.<field>": v}.
+  cfg = config_lib.ExperimentConfig(
+      algorithm=name, algo=algo_config,
+      train=config_lib.TrainConfig(local_epochs=epochs, batch_size=batch_size, lr=lr,
+                                   momentum=momentum))
+  build = algorithm_builder(cfg, model, params0, int(data.train_idx.shape[1]))
   alg, spec = build()
   execution = execution or cohort.Execution()
   finetune = spec.program(epochs=finetune_epochs) if finetune_epochs else None
