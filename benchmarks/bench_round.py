@@ -107,9 +107,9 @@ def bench_algorithm(args, algorithm: str, data: FederatedData) -> dict:
     common.block(state)
     times.append(time.perf_counter() - t0)
     common.log(f"{algorithm}: round {len(times)}/{args.rounds} {times[-1]:.2f} s")
-  ex = sim.executor.execution
+  ex = sim.backend.execution
   multi = None
-  if sim.executor.fused:  # all R rounds as ONE program (Simulation.run_rounds)
+  if sim.backend.fused:  # all R rounds as ONE program (Simulation.run_rounds)
     t0 = time.perf_counter()
     state, _ = sim.run_rounds(state, args.rounds)
     common.block(state)

@@ -74,7 +74,7 @@ def bench_one(args, series: str, n: int) -> dict:
     state, _ = sim.run_round(state)
     common.block(state)
     times.append(time.perf_counter() - t0)
-  ex = sim.executor.execution
+  ex = sim.backend.execution
   out = {**row, "C": sim.cohort_size, "parallelism": ex.parallelism, "step_loop": ex.step_loop,
          "chunk_size": ex.chunk_size,
          "state_bytes": common.tree_bytes(state.clients),

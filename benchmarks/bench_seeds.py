@@ -2,7 +2,7 @@
 
 One "run" is a cohort's whole local training and aggregation: one FedAvg
 round of :class:`fedjax_pfl.core.rounds.Simulation` (built by
-:func:`fedjax_pfl.experiment.build_simulation`, executor vmap+scan, the
+:func:`fedjax_pfl.experiment.build_simulation`, the compiled backend (vmap+scan), the
 cohort fixed to all ``C`` clients), traced as one program from an initial
 model and a training key. The seed axis is a ``jax.vmap`` over a batch of
 ``S`` initial models and keys, added here in the benchmark; the library is
@@ -22,17 +22,20 @@ import numpy as np
 from benchmarks import common
 from fedjax_pfl import config as config_lib
 from fedjax_pfl import experiment
+from fedjax_pfl.core import rounds
 from fedjax_pfl.models import get_model
 
 BATCH = 32
 
 
 def make_run(sim, ids: np.ndarray, valid: np.ndarray):
-  """``(params, train_key) -> (server params, metrics)``: init + one round."""
-  def run(params, train_key):
-    server, clients = sim.algorithm.init(params, sim.num_clients)
-    round_key = jax.random.fold_in(train_key, 0)
-    server, _, metrics = sim._fused(server, clients, sim.data, ids, valid, round_key)
+  """``(params, seed key) -> (server params, metrics)``: init + one round
+  (the pure round function of :mod:`fedjax_pfl.core.rounds`)."""
+  def run(params, root):
+    keys = rounds.RunKeys(*(jax.random.fold_in(root, i) for i in range(4)))
+    server, clients = sim.algorithm.init(params, sim.num_clients, key=keys.algorithm)
+    server, _, metrics = rounds.round_fn(sim.algorithm, sim.task, sim.backend.map_cohort,
+                                         server, clients, sim.data, ids, valid, 0, keys)
     return server, metrics
   return run
 
@@ -64,7 +67,7 @@ def main(argv=None) -> dict:
                                      chunk_size=args.chunk_size, num_devices=1))
   sim, params0 = experiment.build_simulation(cfg, data)
   model = get_model(model_name, data.x.shape[1:], data.num_classes)
-  ids, valid = sim.executor.pad_cohort(np.arange(clients))
+  ids, valid = sim.backend.pad_cohort(np.arange(clients))
   run = make_run(sim, ids, valid)
 
   def timed(fn, *inputs):

@@ -2,7 +2,7 @@
 
 Measures samples/s of local SGD of FedAvgCNN (28x28x1, batch 32) for a cohort
 of ``C`` clients under each execution strategy of
-:class:`fedjax_pfl.core.cohort.Executor` (vmap+scan, vmap+python,
+:mod:`fedjax_pfl.core.backend` backends (vmap+scan, vmap+python,
 sequential+python, sequential+scan), and samples/s of centralized training of
 the same model on one "client" holding all ``C x steps x 32`` examples with
 batch ``C x 32`` (same program, same device). ``ratio`` = client-parallel
@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from fedjax_pfl.core import cohort
+from fedjax_pfl.core import backend, cohort
 from fedjax_pfl.core.local import LocalSpec, make_optimizer
 from fedjax_pfl.models import get_model
 
@@ -51,7 +51,7 @@ def client_task(spec: LocalSpec) -> cohort.ClientTask:
   return cohort.ClientTask(prologue, prog.step, epilogue, prog.num_steps, prog.active_steps)
 
 
-def measure(execution: cohort.Execution, model, params, num_clients: int, steps: int,
+def measure(execution: backend.Execution, model, params, num_clients: int, steps: int,
             batch: int, repeats: int, budget_s: float) -> dict:
   """Compile seconds and steady-state samples/s of training ``num_clients``
   clients of ``steps`` full batches each under ``execution``."""
@@ -59,20 +59,20 @@ def measure(execution: cohort.Execution, model, params, num_clients: int, steps:
   data = common.device_data(fd)
   spec = LocalSpec(model.apply, make_optimizer(0.01, 0.0), 1, batch, steps * batch)
   task = client_task(spec)
-  executor = cohort.Executor(execution, num_clients)
+  executor = backend.make_backend(execution, num_clients)
   ids, _ = executor.pad_cohort(np.arange(num_clients))
   counts = np.asarray(fd.train_counts)[np.minimum(ids, num_clients - 1)]
   shared = (params, jax.random.key(0))
   stacked = ()
   if executor.fused:
-    run = jax.jit(lambda sh, st, d, i: executor.map_traced(task, sh, st, d, i))
+    run = jax.jit(lambda sh, st, d, i: executor.map_cohort(task, sh, st, d, i))
     compiled, compile_s = common.timed_compile(run, shared, stacked, data, ids)
     compile_pieces = {"map_traced": compile_s}
     fn = lambda: compiled(shared, stacked, data, ids)
   else:
     compile_pieces, _ = common.compile_host_task(executor, task, shared, stacked, data, ids)
     compile_s = sum(compile_pieces.values())
-    fn = lambda: executor.map_host(task, shared, stacked, data, ids, counts)
+    fn = lambda: executor.map_cohort(task, shared, stacked, data, ids, counts)
   t = common.time_calls(fn, repeats, budget_s=budget_s)
   samples = num_clients * steps * batch
   return {"compile_s": round(compile_s, 4),

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_pfl.core import cohort
+from fedjax_pfl.core import backend, cohort
 from fedjax_pfl.data import FederatedData, pad_indices
 
 # Execution strategies by benchmark name (``parallelism+step_loop``).
@@ -32,12 +32,12 @@ STRATEGIES = {
 }
 
 
-def execution(strategy: str, chunk_size: int | None = None) -> cohort.Execution:
-  """The :class:`~fedjax_pfl.core.cohort.Execution` named ``strategy``."""
+def execution(strategy: str, chunk_size: int | None = None) -> backend.Execution:
+  """The :class:`~fedjax_pfl.core.backend.Execution` named ``strategy``."""
   if strategy not in STRATEGIES:
     raise ValueError(f"strategy={strategy!r}; allowed: {sorted(STRATEGIES)}")
   parallelism, step_loop = STRATEGIES[strategy]
-  return cohort.Execution(parallelism=parallelism, step_loop=step_loop,
+  return backend.Execution(parallelism=parallelism, step_loop=step_loop,
                           chunk_size=chunk_size if parallelism == "vmap" else None)
 
 
@@ -148,64 +148,26 @@ def names(text: str) -> list[str]:
   return [v.strip() for v in text.split(",") if v.strip()]
 
 
-# -- AOT compile of the project's own jitted pieces ---------------------------
-# These reach into Executor/Simulation internals (``_jitted``, ``_fused_round``,
-# ``_finish_round``, ``_round_key``) to lower exactly the programs a round runs.
-def compile_host_task(executor: cohort.Executor, task: cohort.ClientTask, shared, stacked,
-                      data: cohort.DeviceData, ids: np.ndarray,
-                      install: bool = True) -> tuple[dict, Any]:
-  """AOT-compiles the host-driven pieces ``map_host`` runs for padded ``ids``;
-  with ``install`` the executor then uses the compiled executables.
+# -- AOT compile of the project's own jitted programs ------------------------
+def compile_host_task(backend_, task: cohort.ClientTask, shared, stacked,
+                      data: cohort.DeviceData, ids: np.ndarray) -> tuple[dict, Any]:
+  """AOT-compiles (and installs) the host-driven pieces a ``HostBackend``
+  runs for padded ``ids`` (``HostBackend.compile_task``).
 
   Returns:
-    ``({piece: seconds}, per-group output shapes)``.
+    ``({piece: seconds}, stacked output shapes)``.
   """
-  batched = executor.execution.parallelism == "vmap"
-  pro, step, scan_steps, epi = executor._jitted(task, batched)
-  size = (executor.execution.chunk_size or len(ids)) if batched else 1
-  group = ids[:size] if batched else ids[0]
-  secs = {}
-  pro_c, secs["prologue"] = timed_compile(pro, shared, stacked, data, group)
-  state = jax.eval_shape(pro, shared, stacked, data, group)
-  if executor.execution.step_loop == "scan":
-    scan_steps, secs["scan_steps"] = timed_compile(scan_steps, state, data, group)
-  else:
-    step, secs["step"] = timed_compile(step, state, np.int32(0), data, group)
-  epi_c, secs["epilogue"] = timed_compile(epi, shared, stacked, state, group)
-  if install:  # map_host now calls the compiled executables (no second compile).
-    executor._compiled[(id(task), batched)] = (pro_c, step, scan_steps, epi_c)
-  return secs, jax.eval_shape(epi, shared, stacked, state, group)
+  return backend_.compile_task(task, shared, stacked, data, ids)
 
 
-def compile_round(sim, state, install: bool = True) -> dict[str, float]:
-  """AOT-compiles the programs ``Simulation.run_round(state)`` runs; with
-  ``install`` later rounds call the compiled executables. All cohorts of a
-  simulation have the same padded size, so one compile serves every round.
+def compile_round(sim, state) -> dict[str, float]:
+  """AOT-compiles and installs the programs ``Simulation.run_round(state)``
+  runs (``Simulation.compile_round``); later rounds compile nothing.
 
   Returns:
     ``{piece: seconds, ..., "total": seconds}``.
   """
-  ids, valid = sim.executor.pad_cohort(sim.cohort(state.round))
-  round_key = sim._round_key(sim.train_key, state.round)
-  if sim.executor.fused:
-    compiled, t = timed_compile(sim._fused_round, state.server, state.clients, sim.data, ids,
-                                valid, round_key)
-    if install:
-      sim._fused_round = compiled
-    return {"fused_round": t, "total": t}
-  secs, out = compile_host_task(sim.executor, sim.task, (state.server, round_key),
-                                state.clients, sim.data, ids, install)
-  batched = sim.executor.execution.parallelism == "vmap"
-  c = len(ids)
-  outputs = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(((c,) + s.shape[1:]) if batched else ((c,) + s.shape),
-                                     s.dtype), out)
-  compiled, secs["aggregate_scatter"] = timed_compile(sim._finish_round, state.server,
-                                                      state.clients, outputs, ids, valid)
-  if install:
-    sim._finish_round = compiled
-  secs["total"] = sum(secs.values())
-  return secs
+  return sim.compile_round(state)
 
 
 # -- data --------------------------------------------------------------------

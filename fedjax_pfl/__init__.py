@@ -5,7 +5,7 @@ Public entry points::
   from fedjax_pfl import ops                 # pure FedOBP ops over any pytree
   from fedjax_pfl import config, experiment  # configs and the run loop
   from fedjax_pfl.algorithms import REGISTRY # every algorithm by name
-  from fedjax_pfl.core import cohort, rounds # the engine (Executor, Simulation)
+  from fedjax_pfl.core import Simulation     # the engine (backends, the pure round)
 """
 
 from fedjax_pfl import ops

@@ -16,23 +16,24 @@ import jax
 
 from fedjax_pfl import algorithms, io
 from fedjax_pfl import config as config_lib
-from fedjax_pfl.core import cohort, rng
+from fedjax_pfl.core import backend, rng
 from fedjax_pfl.core.local import LocalSpec, make_optimizer
-from fedjax_pfl.core.rounds import MIB, Simulation
+from fedjax_pfl.core.rounds import MIB
+from fedjax_pfl.core.simulation import Simulation
 from fedjax_pfl.data import load_federated
 from fedjax_pfl.errors import ConfigError
 from fedjax_pfl.models import get_model
 
 
-def resolve_execution(system: config_lib.SystemConfig) -> cohort.Execution:
+def resolve_execution(system: config_lib.SystemConfig) -> backend.Execution:
   """``auto`` fields take the measured per-backend defaults."""
-  default = cohort.default_execution()
+  default = backend.default_execution()
   parallelism = default.parallelism if system.parallelism == "auto" else system.parallelism
   step_loop = default.step_loop if system.step_loop == "auto" else system.step_loop
   num_devices = system.num_devices
   if num_devices is None and parallelism == "vmap":
     num_devices = default.num_devices
-  return cohort.Execution(parallelism=parallelism, step_loop=step_loop,
+  return backend.Execution(parallelism=parallelism, step_loop=step_loop,
                           chunk_size=system.chunk_size, num_devices=num_devices)
 
 
@@ -225,7 +226,7 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
   log.write_metrics()
   start = time.perf_counter() - (log.records[-1]["seconds"] if log.records else 0.0)
   bar = _progress(t.rounds, config.algorithm, progress and log.writer, initial=state.round)
-  compiled = sim.executor.fused and config.system.round_loop != "host"
+  compiled = sim.backend.fused and config.system.round_loop != "host"
   try:
     while state.round < t.rounds:
       # Rounds up to the next host sync point run as one program when compiled.
@@ -280,8 +281,7 @@ def batch_key(config: config_lib.ExperimentConfig):
   batched (batching needs vmap + scan on one device, the compiled round loop
   and no fine-tuning evaluation)."""
   ex = resolve_execution(config.system)
-  if ((ex.parallelism, ex.step_loop) != ("vmap", "scan") or (ex.num_devices or 1) > 1
-      or jax.process_count() > 1 or config.train.finetune_epochs
+  if (not ex.supports_run_batching or config.train.finetune_epochs
       or config.system.round_loop == "host"):
     return None
   algo = config.algo
@@ -333,7 +333,7 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   logs = [_RunLog(c, w, writer) for c, w in zip(configs, workdirs)]
   for log in logs:
     log.write_metrics()
-  state = sim.init_batch(params, hparams)
+  state = sim.init_batch(params, hparams, seeds=seeds)
   start = time.perf_counter()
   bar = _progress(t.rounds, f"{config.algorithm} x{len(configs)} runs", progress and writer)
   try:

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 
 from fedjax_pfl import config as config_lib
-from fedjax_pfl.core import cohort
-from fedjax_pfl.core.rounds import Simulation
+from fedjax_pfl.core import backend
+from fedjax_pfl.core.simulation import Simulation
 from fedjax_pfl.data import FederatedData, pad_indices
 from fedjax_pfl.experiment import algorithm_builder
 from fedjax_pfl.models.base import from_flax
@@ -78,7 +78,7 @@ def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, part
                                    momentum=momentum))
   build = algorithm_builder(cfg, model, params0, int(data.train_idx.shape[1]))
   alg, spec = build()
-  execution = execution or cohort.Execution()
+  execution = execution or backend.Execution()
   finetune = spec.program(epochs=finetune_epochs) if finetune_epochs else None
   sim = Simulation(alg, model.apply, data, seed=seed, participation=participation,
                    execution=execution, eval_batch_size=eval_batch_size, finetune=finetune,
@@ -103,3 +103,25 @@ def run_rounds(sim, params0, rounds):
 
 def replace(obj, **kw):
   return dataclasses.replace(obj, **kw)
+
+
+def client_ctx(client_id=0, round_idx=0, seed=0):
+  """A :class:`ClientContext` for calling a per-client slot directly."""
+  import jax
+  import jax.numpy as jnp
+
+  from fedjax_pfl.core.algorithm import ClientContext
+  return ClientContext(jnp.int32(round_idx), jnp.int32(client_id),
+                       jax.random.fold_in(jax.random.key(seed), client_id))
+
+
+def server_ctx(cohort, clients=(), round_idx=0, seed=0, valid=None):
+  """A :class:`ServerContext` for calling ``aggregate`` directly on a cohort
+  of ids ``cohort`` (all valid unless ``valid``)."""
+  import jax
+  import jax.numpy as jnp
+
+  from fedjax_pfl.core.algorithm import ServerContext
+  ids = jnp.asarray(cohort, jnp.int32)
+  valid = jnp.ones(ids.shape, bool) if valid is None else jnp.asarray(valid)
+  return ServerContext(jnp.int32(round_idx), ids, valid, jax.random.key(seed), clients)

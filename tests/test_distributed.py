@@ -12,9 +12,9 @@ from jax.sharding import PartitionSpec
 
 from fedjax_pfl import cli
 from fedjax_pfl.algorithms.fedobp import FedOBPConfig
-from fedjax_pfl.core import cohort
+from fedjax_pfl.core import backend
 from fedjax_pfl.scaling import memory_estimate
-from tests.helpers import make_sim, run_rounds
+from tests.helpers import make_sim, run_rounds, tiny_data
 
 RUN = ["run", "--algorithm", "fedobp", "--dataset", "digits", "--clients", "8", "--rounds", "3",
        "--eval-every", "1", "--local-epochs", "1", "--participation", "0.5", "--quantile",
@@ -41,12 +41,28 @@ def _free_port():
 
 
 def test_client_state_is_split_over_the_clients_axis():
-  ex = cohort.Execution(parallelism="vmap", step_loop="scan", num_devices=4)
+  ex = backend.Execution(parallelism="vmap", step_loop="scan", num_devices=4)
   sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8), execution=ex)
   state, _ = run_rounds(sim, p0, 1)
   leaf = jax.tree.leaves(state.clients)[0]
   assert leaf.sharding.spec == PartitionSpec("clients") and len(leaf.sharding.device_set) == 4
   assert jax.tree.leaves(state.server)[0].sharding.is_fully_replicated
+
+
+@pytest.mark.parametrize("name", ["fedcac", "fedpurin", "flute", "floco"])
+def test_per_client_tables_are_split_over_the_clients_axis(name):
+  """Per-client tables (FedCAC/FedPURIN's next models, FLUTE's heads, FLOCO's
+  updates and centres) live in the client state, split over 4 devices, and
+  the server state holds no [N, ...] table."""
+  ex = backend.Execution(parallelism="vmap", step_loop="scan", num_devices=4)
+  sim, p0 = make_sim(name, data=tiny_data(num_clients=12), execution=ex)  # N = 12: no param dim
+  state, _ = run_rounds(sim, p0, 2)
+  for leaf in jax.tree.leaves(state.clients):
+    assert leaf.shape[0] == sim.num_clients
+    assert leaf.sharding.spec == PartitionSpec("clients") and len(leaf.sharding.device_set) == 4
+  for leaf in jax.tree.leaves(state.server):
+    assert leaf.sharding.is_fully_replicated
+    assert sim.num_clients not in leaf.shape[:1], leaf.shape
 
 
 def test_one_by_four_devices_equals_one_device(tmp_path):
@@ -83,7 +99,7 @@ def test_two_processes_by_two_devices_equal_one_process(tmp_path, placement):
 def test_sequential_strategy_is_refused_with_several_processes(monkeypatch):
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   with pytest.raises(ValueError, match="vmap \\+ scan"):
-    cohort.Execution(parallelism="sequential", step_loop="python").validate()
+    backend.Execution(parallelism="sequential", step_loop="python").validate()
 
 
 def test_memory_estimate_counts_the_stacked_client_state():

@@ -23,8 +23,16 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_pfl.algorithms.spec import is_traced
-from fedjax_pfl.core.local import LocalProgram, epoch_permutations, gather_batch
-from fedjax_pfl.models.base import label_params
+from fedjax_pfl.core.local import (
+  LocalProgram,
+  batch_active,
+  epoch_permutations,
+  gather_batch,
+)
+from fedjax_pfl.core.local import (
+  steps_per_epoch as local_steps_per_epoch,
+)
+from fedjax_pfl.models.base import HEAD, label_params
 from fedjax_pfl.types import Params, PyTree
 
 
@@ -75,7 +83,7 @@ def layer_names(params: Params) -> list[str]:
       definition order (it went through a ``jax.tree`` map or a jit).
   """
   names = list(params.keys())
-  if "classifier" in names and names[-1] != "classifier":
+  if HEAD in names and names[-1] != HEAD:
     raise ValueError(f"params layers {names} are not in definition order; pass the params "
                      "exactly as returned by model.init")
   return names
@@ -188,7 +196,7 @@ def batch_program(init_state: Callable[[Any], Any],
     result: ``state -> trained output`` handed to ``finalize``.
     epochs, batch_size, num_slots: as in ``sgd_program``.
   """
-  steps_per_epoch = max(1, -(-num_slots // batch_size))
+  steps_per_epoch = local_steps_per_epoch(num_slots, batch_size)
   padded_len = steps_per_epoch * batch_size
 
   def init(inputs, data, key):
@@ -201,7 +209,7 @@ def batch_program(init_state: Callable[[Any], Any],
     epoch, s = t // steps_per_epoch, t % steps_per_epoch
     batch = gather_batch(data, carry.perms[epoch], s, batch_size)
     size = jnp.sum(batch.mask)
-    active = size >= 2
+    active = batch_active(size)
     state, loss = update(carry.state, batch, epoch, jax.random.fold_in(carry.key, t))
     state = jax.tree.map(lambda new, old: jnp.where(active, new, old), state, carry.state)
     return carry._replace(

@@ -13,12 +13,14 @@ Per round (spec §3.3-3.4), with the cohort's uploads at the server:
   own uploaded values on the others (BN running statistics; FedPURIN's BN
   affine parameters), into row i of ``next``.
 
-State: the server holds the stacked ``[N, ...]`` ``next`` table (read by
-``broadcast``), the downlink size of each row and the aggregation counter;
-the client state holds its id and its last post-training model (FedPURIN:
-after sparsification), which is what "evaluation before aggregation"
+State: each client's row of the stacked client state holds ``θ_i^new``
+(``next``, read by ``broadcast`` and written by ``aggregate`` for the cohort),
+its downlink size and its last post-training model (FedPURIN: after
+sparsification), which is what "evaluation before aggregation"
 (``eval_model="trained"``, Fling's ``test_place=['before_aggregation']``)
-evaluates; ``eval_model="next"`` evaluates ``θ_i^new`` instead.
+evaluates; ``eval_model="next"`` evaluates ``θ_i^new`` instead. The server
+state is empty; the aggregation number ``r`` is the round index + 1 (every
+round aggregates), read from the round context.
 
 The method assumes full participation; with ``ρ < 1`` overlaps, sets and
 ``θ̄`` are computed over the sampled cohort and only sampled rows of ``next``
@@ -69,27 +71,21 @@ def num_entries(part: Partition, params: Params) -> int:
   return int(sum(x.size for x in part.select(params)))
 
 
-class CriticalServer(NamedTuple):
-  """Server state: ``next [N, ...]`` models, their downlink sizes ``[N]``
-  (values, bytes) and the number of aggregations done (``[]`` int32)."""
+class CriticalClient(NamedTuple):
+  """Client state (stacked ``[N, ...]``, sharded over the client axis): the
+  model ``next`` the client trains from next, its downlink size (values,
+  bytes) and the last post-training model."""
   next: Params
   down_values: jax.Array
   down_bytes: jax.Array
-  round: jax.Array
-
-
-class CriticalClient(NamedTuple):
-  """Client state (stacked ``[N, ...]``): id and last post-training model."""
-  id: jax.Array
   trained: Params
 
 
 class CriticalUpload(NamedTuple):
-  """What a client sends (FedPURIN: sparsified params) plus bookkeeping:
-  the unmasked leaves ride along but are not counted as communication."""
+  """What a client sends (FedPURIN: sparsified params) plus its masks; the
+  unmasked leaves ride along but are not counted as communication."""
   params: Params
   masks: tuple
-  id: jax.Array
 
 
 def critical_algorithm(*, name: str, local: LocalProgram, masked: Partition,
@@ -114,20 +110,17 @@ def critical_algorithm(*, name: str, local: LocalProgram, masked: Partition,
   """
   tau, beta = float(tau), float(beta)
 
-  def init(params, num_clients):
-    dense = jnp.full((num_clients,), float(num_trainable), jnp.float32)
-    server = CriticalServer(cohort.stack_clients(params, num_clients), dense, 4.0 * dense,
-                            jnp.zeros((), jnp.int32))
-    ids = jnp.arange(num_clients, dtype=jnp.int32)
-    return server, CriticalClient(ids, cohort.stack_clients(params, num_clients))
+  def init(params, num_clients, *, key=None):
+    del key
+    down = jnp.float32(num_trainable)
+    client = CriticalClient(params, down, 4.0 * down, params)
+    return (), cohort.stack_clients(client, num_clients)
 
-  def broadcast(server, client):
-    params = cohort.gather(server.next, client.id)
-    down = {"downlink_values": server.down_values[client.id],
-            "downlink_bytes": server.down_bytes[client.id]}
-    return params, (params, down)
+  def broadcast(server, client, *, ctx=None):
+    down = {"downlink_values": client.down_values, "downlink_bytes": client.down_bytes}
+    return client.next, (client.next, down)
 
-  def finalize(server, client, output, extra):
+  def finalize(server, client, output, extra, *, ctx=None):
     before, down = extra
     params, scores = score(before, output)
     masks = tuple(ops.topk_mask(s, tau, floor) for s in scores)
@@ -140,11 +133,11 @@ def critical_algorithm(*, name: str, local: LocalProgram, masked: Partition,
     up = n if sparse else jnp.float32(total)
     metrics = {"uplink_values": up, "uplink_bytes": 4.0 * up + total / 8.0,
                "critical_fraction": n / max(total, 1), **down}
-    return CriticalUpload(params, masks, client.id), CriticalClient(client.id, params), metrics
+    return CriticalUpload(params, masks), client._replace(trained=params), metrics
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx):
     valid = weights > 0
-    r = server.round + 1
+    r = ctx.round + 1
     overlap, n = ops.overlap_matrix(uploads.masks)
     sets, stats = ops.collaboration_sets(overlap, valid, r, beta)
     xs = masked.select(uploads.params)
@@ -161,17 +154,14 @@ def critical_algorithm(*, name: str, local: LocalProgram, masked: Partition,
     else:
       down = jnp.where(collaborates, float(total), total - n)
     down_bytes = 4.0 * down + (total / 8.0 if downlink_mask_bits else 0.0)
-    scatter = lambda table, rows: cohort.scatter(table, uploads.id, rows, valid)
-    server = CriticalServer(scatter(server.next, masked.replace(uploads.params, merged)),
-                            scatter(server.down_values, down),
-                            scatter(server.down_bytes, down_bytes), r)
+    rows = cohort.gather(ctx.clients, ctx.client_ids)._replace(
+        next=masked.replace(uploads.params, merged), down_values=down, down_bytes=down_bytes)
     w = valid.astype(jnp.float32)
     size = jnp.sum(jnp.sum(sets, axis=1) * w) / jnp.maximum(jnp.sum(w), 1.0)
-    return server, {**stats, "collaborators": size, "aggregation_round": r.astype(jnp.float32)}
+    metrics = {**stats, "collaborators": size, "aggregation_round": r.astype(jnp.float32)}
+    return server, metrics, ctx.write(rows, where=valid)
 
   def personalize(server, client):
-    if eval_model == "next":
-      return cohort.gather(server.next, client.id)
-    return client.trained
+    return client.next if eval_model == "next" else client.trained
 
   return Algorithm(name, init, broadcast, local, finalize, aggregate, personalize)

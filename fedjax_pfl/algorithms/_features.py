@@ -19,9 +19,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fedjax_pfl.core.local import Batch, ClientData, LocalProgram, gather_batch
+from fedjax_pfl.core.local import Batch, ClientData, LocalProgram, batch_active, gather_batch
+from fedjax_pfl.models.base import HEAD
 
-CLASSIFIER = "classifier"
+CLASSIFIER = HEAD
 
 
 def _is_classifier_call(context) -> bool:
@@ -97,7 +98,7 @@ def append_pass(inner: LocalProgram, acc0: Any,
       s = t - train_steps
       batch = gather_batch(data, order, s, bsz)
       acc = batch_fn(c[1], inner.finish(c[0])[0], batch, s)
-      active = jnp.sum(batch.mask) >= 2
+      active = batch_active(jnp.sum(batch.mask))
       return c[0], jax.tree.map(lambda n, o: jnp.where(active, n, o), acc, c[1])
     return jax.lax.cond(t < train_steps, train, one_pass, carry)
 

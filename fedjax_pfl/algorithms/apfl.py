@@ -138,18 +138,18 @@ def apfl_program(apply, optimizer: optax.GradientTransformation, cfg: APFLConfig
 def apfl(*, local: LocalProgram, apply, alpha_init: float) -> Algorithm:
   """Builds APFL. Server: global params; client state: :class:`APFLClient`."""
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     client = APFLClient(params, jnp.asarray(alpha_init, jnp.float32))
     return params, cohort.stack_clients(client, num_clients)
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     return (server, client), ()
 
-  def finalize(server, client, trained, extra):
+  def finalize(server, client, trained, extra, *, ctx=None):
     w, new_client = trained
     return w, new_client, {"alpha": new_client.alpha}
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     return weighted_mean(uploads, weights), {}
 
   def personalize(server, client):

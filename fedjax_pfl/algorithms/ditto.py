@@ -85,17 +85,17 @@ def ditto(*, global_program: LocalProgram, personal_program: LocalProgram) -> Al
   """
   local = chain_programs([global_program, personal_program], ["", "pers/"])
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     return params, cohort.stack_clients(params, num_clients)
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     return (server, LocalInput(client, server)), ()
 
-  def finalize(server, client, trained, extra):
+  def finalize(server, client, trained, extra, *, ctx=None):
     w, v = trained
     return w, v, {}
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     return weighted_mean(uploads, weights), {}
 
   def personalize(server, client):

@@ -51,6 +51,9 @@ from fedjax_pfl.core.local import (
   gather_batch,
   softmax_cross_entropy,
 )
+from fedjax_pfl.core.local import (
+  steps_per_epoch as local_steps_per_epoch,
+)
 from fedjax_pfl.ops.aggregation import weighted_mean
 
 TOP = "top"
@@ -113,7 +116,7 @@ def ala(apply, top: Partition, cfg: FedALAConfig, global_params, client: FedALAC
   diff = tuple(g - lo for g, lo in zip(global_top, client.top))
   same = jnp.all(jnp.stack([jnp.all(d == 0) for d in diff]))
   num_slots = data.idx.shape[0]
-  steps = max(1, -(-num_slots // batch_size))
+  steps = local_steps_per_epoch(num_slots, batch_size)
   perm = epoch_permutations(key, data.count, 1, num_slots, steps * batch_size)[0]
   # The first floor(rand_percent * n) slots of a random order: a random subset.
   sub_data = data._replace(count=jnp.floor(data.count * cfg.rand_percent).astype(jnp.int32))
@@ -187,19 +190,19 @@ def fedala_program(apply, sgd: LocalProgram, top: Partition, cfg: FedALAConfig) 
 def fedala(*, local: LocalProgram, top: Partition) -> Algorithm:
   """Builds FedALA. Server: global params; client: :class:`FedALAClient`."""
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     sel = top.select(params)
     client = FedALAClient(sel, tuple(jnp.ones_like(x) for x in sel), jnp.ones((), bool))
     return params, cohort.stack_clients(client, num_clients)
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     return (server, client), ()
 
-  def finalize(server, client, trained, extra):
+  def finalize(server, client, trained, extra, *, ctx=None):
     params, new_client = trained
     return params, new_client, {}
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     return weighted_mean(uploads, weights), {}
 
   def personalize(server, client):

@@ -28,17 +28,17 @@ class FedAvgConfig:
 def fedavg(*, local: LocalProgram) -> Algorithm:
   """Builds FedAvg. Server state: the global params; no client state."""
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     del num_clients
     return params, ()
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     return server, ()
 
-  def finalize(server, client, trained, extra):
+  def finalize(server, client, trained, extra, *, ctx=None):
     return trained, client, {}
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     return weighted_mean(uploads, weights), {}
 
   def personalize(server, client):

@@ -55,8 +55,12 @@ from fedjax_pfl.core.local import (
   LocalInput,
   LocalProgram,
   LocalSpec,
+  batch_active,
   epoch_permutations,
   gather_batch,
+)
+from fedjax_pfl.core.local import (
+  steps_per_epoch as local_steps_per_epoch,
 )
 from fedjax_pfl.ops.aggregation import weighted_mean
 
@@ -161,7 +165,7 @@ def two_stage_program(spec: LocalSpec, cfg: FedDPAConfig) -> LocalProgram:
   """E epochs on ``u`` (stage 1) then E epochs on ``v`` (stage 2), each with a
   fresh Adam; frozen entries get zero gradient (Adam then leaves them)."""
   epochs, bsz = spec.epochs, spec.batch_size
-  spe = max(1, -(-spec.num_slots // bsz))
+  spe = local_steps_per_epoch(spec.num_slots, bsz)
   adam = optax.adam(cfg.adam_lr)
 
   def loss_fn(params, batch, stage, glob):
@@ -183,7 +187,7 @@ def two_stage_program(spec: LocalSpec, cfg: FedDPAConfig) -> LocalProgram:
     stage = epoch >= epochs
     batch = gather_batch(data, c.perms[epoch], s, bsz)
     size = jnp.sum(batch.mask)
-    active = size >= 2
+    active = batch_active(size)
     glob, u = c.context
     loss, grads = grad_fn(c.params, batch, stage, glob)
     grads = jax.tree.map(lambda g, m: jnp.where(m != stage, g, 0.0), grads, u)
@@ -232,16 +236,16 @@ def feddpa(*, spec: LocalSpec, params, config: FedDPAConfig) -> Algorithm:
   def merged(server, client):
     return ops.masked_merge(client.mask, client.last, server)
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     mask = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.bool_), params)
     return params, cohort.stack_clients(FedDPAClient(params, mask), num_clients)
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     start = merged(server, client)
     inputs = LocalInput(start, (server, client.mask)) if original else start
     return inputs, _metrics(client.mask)
 
-  def finalize(server, client, trained, extra):
+  def finalize(server, client, trained, extra, *, ctx=None):
     params, mask = trained
     upload = params
     if original:
@@ -251,7 +255,7 @@ def feddpa(*, spec: LocalSpec, params, config: FedDPAConfig) -> Algorithm:
         upload = jax.tree.map(lambda u: u / jnp.maximum(1.0, norm / config.clip_bound), upload)
     return upload, FedDPAClient(params, mask), extra
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     mean = weighted_mean(uploads, weights)
     return (jax.tree.map(jnp.add, server, mean) if original else mean), {}
 

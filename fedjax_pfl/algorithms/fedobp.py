@@ -131,12 +131,12 @@ def fedobp(*, local: LocalProgram, config: FedOBPConfig, scope: Any = None) -> A
     keep = ops.keep_local_mask(scores, q, norm=config.norm, scope=scope)
     return ops.masked_merge(keep, client.last, server), keep, scores
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     zeros = jax.tree.map(jnp.zeros_like, params)
     client = FedOBPClient(params, zeros if config.ema else (), zeros if fisher else ())
     return params, cohort.stack_clients(client, num_clients)
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     merged, keep, scores = decouple(server, client)
     stats = ops.personalized_fraction(keep, scope)
     total = sum(k.size for k in jax.tree.leaves(keep))
@@ -151,12 +151,12 @@ def fedobp(*, local: LocalProgram, config: FedOBPConfig, scope: Any = None) -> A
                "downlink_ratio": sent / total}
     return merged, (scores if config.ema else (), metrics)
 
-  def finalize(server, client, trained, extra):
+  def finalize(server, client, trained, extra, *, ctx=None):
     ema, metrics = extra
     params, new_fisher = trained if fisher else (trained, ())
     return params, FedOBPClient(params, ema, new_fisher), metrics
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     return weighted_mean(uploads, weights), {}
 
   def personalize(server, client):

@@ -31,10 +31,11 @@ from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core import cohort
 from fedjax_pfl.core.algorithm import Algorithm
 from fedjax_pfl.core.local import LocalProgram
+from fedjax_pfl.models.base import HEAD_REGEX
 from fedjax_pfl.ops.aggregation import weighted_mean
 
 PERSONAL = "personal"
-CLASSIFIER = r"^classifier(/|$)"
+CLASSIFIER = HEAD_REGEX
 
 
 def check_regex(algo: str, field: str, value: str) -> None:
@@ -74,16 +75,16 @@ def fedper(*, local: LocalProgram, personal: Partition, name: str = "fedper") ->
     Upload: tuple of the shared leaves.
   """
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     return params, cohort.stack_clients(personal.select(params), num_clients)
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     return personal.replace(server, client), ()
 
-  def finalize(server, client, trained, extra):
+  def finalize(server, client, trained, extra, *, ctx=None):
     return personal.rest(trained), personal.select(trained), {}
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     return personal.merge(personal.select(server), weighted_mean(uploads, weights)), {}
 
   def personalize(server, client):

@@ -50,7 +50,14 @@ import jax.numpy as jnp
 from fedjax_pfl.algorithms import _critical
 from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core.algorithm import Algorithm
-from fedjax_pfl.core.local import Batch, LocalProgram, LocalSpec, SGDCarry, gather_batch
+from fedjax_pfl.core.local import (
+  Batch,
+  LocalProgram,
+  LocalSpec,
+  SGDCarry,
+  batch_active,
+  gather_batch,
+)
 from fedjax_pfl.ops import critical as ops
 
 GRADS = ("exact", "delta")
@@ -115,7 +122,7 @@ def last_batch_grad_program(spec: LocalSpec) -> LocalProgram:
   def init(inputs, data, key):
     inner = prog.init(inputs, data, key)
     # Active batches per epoch have >= 2 examples (core.local.num_batches).
-    nb = data.count // bsz + (data.count % bsz >= 2) if bsz >= 2 else jnp.zeros((), jnp.int32)
+    nb = data.count // bsz + batch_active(data.count % bsz) if bsz >= 2 else jnp.zeros((), jnp.int32)
     s = jnp.maximum(nb - 1, 0)
     last_t = jnp.where(nb > 0, (epochs - 1) * per_epoch + s, -1).astype(jnp.int32)
     batch = gather_batch(data, inner.perms[epochs - 1], s, bsz)

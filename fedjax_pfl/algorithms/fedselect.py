@@ -104,7 +104,6 @@ class FedSelectClient(NamedTuple):
 
 class FedSelectServer(NamedTuple):
   params: Any
-  round: jax.Array      # [] int32
 
 
 def select_params(mask, new, old):
@@ -172,21 +171,21 @@ def fedselect(*, spec: LocalSpec, params, config: FedSelectConfig) -> Algorithm:
   is_weight = jax.tree.map(lambda lab: lab == "weight", label_params(params, WEIGHT_RULES))
   rate, target = config.prune_percent / 100.0, config.prune_target / 100.0
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.bool_), params)
     client = FedSelectClient(params, zeros, zeros, params)
-    return FedSelectServer(params, jnp.zeros((), jnp.int32)), cohort.stack_clients(
+    return FedSelectServer(params), cohort.stack_clients(
         client, num_clients)
 
   def merged(server, client):
     return ops.masked_merge(client.merge_mask, client.params, server.params)
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     frac = ops.personalized_fraction(client.mask)["overall"]
     return LocalInput(merged(server, client), client.mask), {"personalized_fraction": frac}
 
-  def finalize(server, client, trained, extra):
-    t = server.round
+  def finalize(server, client, trained, extra, *, ctx):
+    t = ctx.round
     grow = (t % config.lth_epoch_iters == 0) & (t > 0)
     mask = grow_mask(trained, client.snapshot, client.mask, is_weight, rate, target)
     new_client = FedSelectClient(
@@ -195,11 +194,11 @@ def fedselect(*, spec: LocalSpec, params, config: FedSelectConfig) -> Algorithm:
     shared = jax.tree.map(jnp.logical_not, client.mask)
     return (trained, shared), new_client, extra
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     trained, shared = uploads
     w = weights if config.weighted else (weights > 0).astype(jnp.float32)
     mean = masked_mean(trained, shared, w, server.params)
-    return FedSelectServer(mean, server.round + 1), {}
+    return FedSelectServer(mean), {}
 
   return Algorithm("fedselect", init, broadcast, local, finalize, aggregate, merged)
 

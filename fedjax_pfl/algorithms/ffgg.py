@@ -18,9 +18,9 @@ personal head ``y_i`` (default: the classifier). Round k, sampled client i:
   with a fresh gradient as above, head fixed), returning the pseudo-gradient
   ``(x^{k-s} - x_K) / local_lr = sum_j g_j``;
 * Byzantine clients (ids ``< num_byzantine``) upload ``byzantine_scale *
-  N(0, I)`` instead (key: the client's round key);
-* server: ``G = mean_i(n_i g_i)`` or the coordinate-wise median over shuffled
-  buckets (``aggregator="bucketed_median"``); ``x^{k+1}`` = one optax step
+  N(0, I)`` instead (key: the client's round context key);
+* server: ``G = mean_i(n_i g_i)`` or the coordinate-wise median over buckets
+  shuffled with the round's server key (``aggregator="bucketed_median"``); ``x^{k+1}`` = one optax step
   (SGD, ``server_lr = gamma_out``) from ``x^k`` with gradient G.
 * asynchronous (``staleness = s``): clients compute at ``x^{k-s}`` (a ring
   buffer of the last ``s + 1`` bodies in the server state; ``x^{j<0} = x^0``),
@@ -50,7 +50,16 @@ from fedjax_pfl.algorithms.fedper import CLASSIFIER, PERSONAL, check_regex
 from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core import cohort
 from fedjax_pfl.core.algorithm import Algorithm
-from fedjax_pfl.core.local import LocalProgram, epoch_permutations, gather_batch, num_batches
+from fedjax_pfl.core.local import (
+  LocalProgram,
+  batch_active,
+  epoch_permutations,
+  gather_batch,
+  num_batches,
+)
+from fedjax_pfl.core.local import (
+  steps_per_epoch as local_steps_per_epoch,
+)
 from fedjax_pfl.ffgg.quadratic import AGGREGATORS, bucketed_median
 from fedjax_pfl.ops.aggregation import weighted_mean
 
@@ -75,7 +84,6 @@ class FFGGConfig:
     byzantine_scale: std of the Byzantine noise.
     aggregator: ``"mean"`` or ``"bucketed_median"``.
     bucket_size: clients per bucket for the median.
-    seed: seed of the bucket shuffles (folded with the round).
   """
   personal_layers: str = CLASSIFIER
   inner_steps: int = 10
@@ -92,7 +100,6 @@ class FFGGConfig:
   byzantine_scale: float = 10.0
   aggregator: str = "mean"
   bucket_size: int = 2
-  seed: int = 0
 
   def validate(self) -> None:
     check_regex("ffgg", "personal_layers", self.personal_layers)
@@ -120,7 +127,6 @@ class FFGGServer(NamedTuple):
   bodies: tuple        # body leaves, each [s + 1, ...]: x^k, x^{k-1}, ..., x^{k-s}
   head0: tuple         # theta^0's head leaves (cold starts)
   opt_state: Any       # server optax state over the body
-  round: jax.Array     # [] int32
 
 
 class FFGGClient(NamedTuple):
@@ -136,16 +142,15 @@ class _Carry(NamedTuple):
   acc_n: jax.Array
   g_sum: tuple         # sum of the body gradients over the K local steps
   perms: jax.Array     # [tau + E_b, S_e * B]
-  key: jax.Array
   stats: jax.Array     # [4]: head loss sum, head examples, body loss sum, body examples
 
 
 def ffgg_program(spec, split: Partition, cfg: FFGGConfig) -> LocalProgram:
   """The client work of FFGG as a :class:`LocalProgram` (``tau`` head steps,
   then ``K * G`` body-gradient steps). ``init`` takes ``(head, body)``;
-  ``finish`` returns ``((pseudo_gradient, head, key), metrics)``."""
+  ``finish`` returns ``((pseudo_gradient, head), metrics)``."""
   bsz, tau, k = spec.batch_size, cfg.inner_steps, cfg.local_steps
-  spe = max(1, -(-spec.num_slots // bsz))
+  spe = local_steps_per_epoch(spec.num_slots, bsz)
   full = cfg.grad_batches == 0
   g_eff = spe if full else cfg.grad_batches
   body_epochs = k if full else k * g_eff
@@ -160,18 +165,18 @@ def ffgg_program(spec, split: Partition, cfg: FFGGConfig) -> LocalProgram:
 
   def init(inputs, data, key):
     head, body = inputs
-    perm_key, key = jax.random.split(key)
+    perm_key, _ = jax.random.split(key)  # the SGD program's split: same permutations
     perms = epoch_permutations(perm_key, data.count, tau + body_epochs, spec.num_slots,
                                spe * bsz)
     zeros = jax.tree.map(jnp.zeros_like, body)
-    return _Carry(head, body, head_opt.init(head), zeros, jnp.zeros(()), zeros, perms, key,
+    return _Carry(head, body, head_opt.init(head), zeros, jnp.zeros(()), zeros, perms,
                   jnp.zeros(4))
 
   def head_step(c: _Carry, t, data):
     nb = jnp.maximum(_num_batches(data.count, bsz), 1)
     batch = gather_batch(data, c.perms[t // nb], t % nb, bsz)
     size = jnp.sum(batch.mask).astype(jnp.float32)
-    active = size >= 2
+    active = batch_active(size)
     value, grads = head_grad(c.head, c.body, batch)
     updates, opt = head_opt.update(grads, c.head_opt, c.head)
     keep = lambda new, old: jnp.where(active, new, old)
@@ -189,7 +194,7 @@ def ffgg_program(spec, split: Partition, cfg: FFGGConfig) -> LocalProgram:
       epoch, slot = tau + u // nb, u % nb
     batch = gather_batch(data, c.perms[epoch], slot, bsz)
     size = jnp.sum(batch.mask).astype(jnp.float32)
-    active = size >= 2
+    active = batch_active(size)
     value, grads = body_grad(c.head, c.body, batch)
     acc = jax.tree.map(lambda a, d: a + jnp.where(active, d * size, 0.0), c.acc, grads)
     acc_n = c.acc_n + jnp.where(active, size, 0.0)
@@ -209,7 +214,7 @@ def ffgg_program(spec, split: Partition, cfg: FFGGConfig) -> LocalProgram:
     metrics = {"train_loss": c.stats[0] / jnp.maximum(c.stats[1], 1.0),
                "train_examples": c.stats[1],
                "grad_loss": c.stats[2] / jnp.maximum(c.stats[3], 1.0)}
-    return (c.g_sum, c.head, c.key), metrics
+    return (c.g_sum, c.head), metrics
 
   def active_steps(counts):
     nb = num_batches(int(max(counts, default=0)), bsz)
@@ -219,19 +224,12 @@ def ffgg_program(spec, split: Partition, cfg: FFGGConfig) -> LocalProgram:
     per_step = sorted({*range(min(nb, g_eff)), g_eff - 1}) if full else range(g_eff)
     return list(range(tau)) + [tau + j * g_eff + g for j in range(k) for g in per_step]
 
-  return _with_active_steps(LocalProgram(init, step, finish, tau + k * g_eff, spe, bsz),
-                            active_steps)
+  return LocalProgram(init, step, finish, tau + k * g_eff, spe, bsz, active_steps)
 
 
 def _num_batches(count, bsz):
   """Traced :func:`num_batches`: full batches plus a last one of >= 2 examples."""
-  return count // bsz + (count % bsz >= 2).astype(count.dtype)
-
-
-def _with_active_steps(program: LocalProgram, fn) -> LocalProgram:
-  """``program`` whose ``active_steps`` is ``fn`` (host-side step skipping)."""
-  methods = {"__slots__": (), "active_steps": lambda self, counts: fn(counts)}
-  return type("FFGGProgram", (LocalProgram,), methods)(*program)
+  return count // bsz + batch_active(count % bsz).astype(count.dtype)
 
 
 def server_optimizer(cfg) -> optax.GradientTransformation:
@@ -249,38 +247,37 @@ def ffgg(*, spec, split: Partition, config: FFGGConfig) -> Algorithm:
   program = ffgg_program(spec, split, cfg)
   opt = server_optimizer(cfg)
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     body = split.rest(params)
     server = FFGGServer(tuple(jnp.broadcast_to(b, (s + 1,) + b.shape) for b in body),
-                        split.select(params), opt.init(body), jnp.zeros((), jnp.int32))
+                        split.select(params), opt.init(body))
     byz = jnp.arange(num_clients) < cfg.num_byzantine
     clients = cohort.stack_clients(FFGGClient(split.select(params), jnp.zeros((), bool)),
                                    num_clients)
     return server, clients._replace(byzantine=byz)
 
-  def broadcast(server: FFGGServer, client: FFGGClient):
+  def broadcast(server: FFGGServer, client: FFGGClient, *, ctx=None):
     head = client.head if cfg.warm_start else server.head0
     return (head, tuple(b[s] for b in server.bodies)), ()
 
-  def finalize(server, client: FFGGClient, trained, extra):
-    grad, head, key = trained
-    keys = jax.random.split(jax.random.fold_in(key, 1), len(grad))
+  def finalize(server, client: FFGGClient, trained, extra, *, ctx):
+    grad, head = trained
+    keys = jax.random.split(ctx.key, len(grad))
     noise = tuple(cfg.byzantine_scale * jax.random.normal(k_, g.shape, g.dtype)
                   for k_, g in zip(keys, grad))
     upload = tuple(jnp.where(client.byzantine, n, g) for n, g in zip(noise, grad))
     return upload, FFGGClient(head, client.byzantine), {"upload_norm": optax.tree.norm(upload)}
 
-  def aggregate(server: FFGGServer, uploads, weights):
+  def aggregate(server: FFGGServer, uploads, weights, *, ctx):
     if cfg.aggregator == "mean":
       grad = weighted_mean(uploads, weights)
     else:
-      key = jax.random.fold_in(jax.random.key(cfg.seed), server.round)
-      grad = bucketed_median(uploads, weights, key, cfg.bucket_size)
+      grad = bucketed_median(uploads, weights, ctx.key, cfg.bucket_size)
     body = tuple(b[0] for b in server.bodies)
     updates, opt_state = opt.update(grad, server.opt_state, body)
     body = optax.apply_updates(body, updates)
     bodies = tuple(jnp.concatenate([n[None], b[:-1]]) for n, b in zip(body, server.bodies))
-    return (FFGGServer(bodies, server.head0, opt_state, server.round + 1),
+    return (FFGGServer(bodies, server.head0, opt_state),
             {"server_grad_norm": optax.tree.norm(grad)})
 
   def personalize(server: FFGGServer, client: FFGGClient):

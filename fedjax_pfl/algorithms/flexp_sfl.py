@@ -9,7 +9,7 @@ paper body, no code. This module implements the project's working definition
 
 The model is a sequence of L blocks (top-level parameter groups in definition
 order). Client i has a compute budget ``r_i`` (``budgets`` assigned round-robin
-by id or by a seeded draw) and cut ``k_i`` = the largest number of leading
+by id or drawn from the run's ``algorithm_init`` key) and cut ``k_i`` = the largest number of leading
 blocks whose training FLOPs per sample are ``<= r_i`` x the model's (>= 1;
 :mod:`fedjax_pfl.models.flops`, from the model's shapes). Round t, client i:
 
@@ -90,8 +90,8 @@ class FlexPSFLConfig:
     budgets: compute budgets ``r`` (fractions of the model's training FLOPs);
       a tuple or a comma-separated string.
     assignment: ``"round_robin"`` (client i gets ``budgets[i % len]``) or
-      ``"random"`` (a seeded uniform draw per client, fixed for the run).
-    seed: seed of the ``random`` assignment.
+      ``"random"`` (a uniform draw per client from the run's
+      ``algorithm_init`` key, fixed for the run).
     align_lambda: weight of the alignment KL term (0 switches it off).
     temperature: distillation temperature ``T > 0``.
     eval_server_side: ``"personal"`` (the client's last server-side copy) or
@@ -99,7 +99,6 @@ class FlexPSFLConfig:
   """
   budgets: tuple[float, ...] | str = (0.25, 0.5, 1.0)
   assignment: str = "round_robin"
-  seed: int = 0
   align_lambda: float = 0.5
   temperature: float = 1.0
   eval_server_side: str = "personal"
@@ -171,7 +170,7 @@ def with_totals(acct: dict) -> dict:
 
 
 def split_learning(*, spec, params, name: str, budgets, assignment: str = "round_robin",
-                   seed: int = 0, shared_cut: bool = False, personal: str = "client_side",
+                   shared_cut: bool = False, personal: str = "client_side",
                    align_lambda: float = 0.0, temperature: float = 1.0,
                    eval_server_side: str = "personal") -> Algorithm:
   """Split federated learning with per-client or shared cuts.
@@ -181,7 +180,8 @@ def split_learning(*, spec, params, name: str, budgets, assignment: str = "round
     params: the initial params as returned by ``model.init`` (block order).
     name: algorithm name.
     budgets: compute budgets; ``shared_cut`` uses the smallest for everyone.
-    assignment, seed: budget assignment (``round_robin`` / ``random``).
+    assignment: budget assignment (``round_robin`` / ``random``: drawn from
+      ``init``'s key).
     shared_cut: one cut for all clients (the weakest client's).
     personal: which blocks stay with the client: ``"client_side"`` (blocks
       before the cut), ``"head"`` (the last block) or ``"none"``.
@@ -240,9 +240,11 @@ def split_learning(*, spec, params, name: str, budgets, assignment: str = "round
   program = LocalProgram(init_program, lambda c, t, d: (inner.step(c[0], t, d),) + c[1:],
                          finish, inner.num_steps, inner.steps_per_epoch, inner.batch_size)
 
-  def init(params0, num_clients):
+  def init(params0, num_clients, *, key=None):
     if assignment == "random":
-      r = np.random.default_rng(seed).choice(np.asarray(budgets), num_clients)
+      if key is None:
+        raise ValueError(f"{name}: init with assignment='random' needs key=")
+      r = jax.random.choice(key, jnp.asarray(budgets, jnp.float32), (num_clients,))
     else:
       r = np.asarray([budgets[i % len(budgets)] for i in range(num_clients)])
     own = () if personal == "none" else params0
@@ -250,15 +252,15 @@ def split_learning(*, spec, params, name: str, budgets, assignment: str = "round
                                    num_clients)
     return params0, clients._replace(budget=jnp.asarray(r, jnp.float32))
 
-  def broadcast(server, client: SplitClient):
+  def broadcast(server, client: SplitClient, *, ctx=None):
     return (client.params, server, client.budget), ()
 
-  def finalize(server, client: SplitClient, trained, extra):
+  def finalize(server, client: SplitClient, trained, extra, *, ctx=None):
     params, cut, acct = trained
     own = () if personal == "none" else params
     return params, SplitClient(own, client.budget, cut), acct
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     return weighted_mean(uploads, weights), {}
 
   def personalize(server, client: SplitClient):
@@ -272,7 +274,7 @@ def split_learning(*, spec, params, name: str, budgets, assignment: str = "round
 def _build(cfg: FlexPSFLConfig, *, spec, params) -> Algorithm:
   cfg.validate()
   return split_learning(spec=spec, params=params, name="flexp_sfl", budgets=cfg.budgets,
-                        assignment=cfg.assignment, seed=cfg.seed, personal="client_side",
+                        assignment=cfg.assignment, personal="client_side",
                         align_lambda=cfg.align_lambda, temperature=cfg.temperature,
                         eval_server_side=cfg.eval_server_side)
 

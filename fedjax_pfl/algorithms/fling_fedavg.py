@@ -92,23 +92,23 @@ def fling_fedavg(*, name: str, local: LocalProgram, keep: Partition, num_shared:
       ("uplink_values", num_shared), ("downlink_values", num_shared),
       ("uplink_bytes", 4 * num_shared), ("downlink_bytes", 4 * num_shared))}
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     client = FlingClient(params, jnp.zeros((), jnp.int32))
     return params, cohort.stack_clients(client, num_clients)
 
   def start(server, client):
     return keep.replace(server, keep.select(client.trained))
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     params = start(server, client)
     if teacher:
       return LocalInput(params, (client.trained, client.rounds > 0)), ()
     return params, ()
 
-  def finalize(server, client, trained, extra):
+  def finalize(server, client, trained, extra, *, ctx=None):
     return keep.rest(trained), FlingClient(trained, client.rounds + 1), dict(comm)
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     return keep.merge(keep.select(server), weighted_mean(uploads, weights)), {}
 
   def personalize(server, client):

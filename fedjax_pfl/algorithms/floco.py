@@ -20,10 +20,12 @@ Afterwards training draws ``alpha = beta_i + r u`` (``u`` uniform on the unit
 L1 sphere, ``r ~ U(0, rho)``), renormalised to sum 1, and evaluation uses
 ``beta_i``.
 
-Layout: the model's own params plus ``endpoints [M, D, K]`` (the model's
-classifier kernel stays unused); the server keeps ``stats [N, M*D*K]``, each
-client's latest endpoint update, and ``beta [N, M]``; the client state is its
-id (uploaded so that ``aggregate`` can store the update).
+Layout: the server holds the model's own params plus ``endpoints [M, D, K]``
+(Xavier-normal from the run's ``algorithm_init`` key; the model's classifier
+kernel stays unused); each client's row of the client state holds its latest
+endpoint update ``stats [M*D*K]`` and its centre ``beta [M]`` (``1/M`` until
+round ``tau``), sharded over the client axis like every client state. Whether
+a round trains after ``tau`` comes from the round context.
 
 Deviations: the reference makes ALL clients train in round ``tau - 1`` and
 PCAs their trained endpoint weights (equivalent, after PCA centring, to their
@@ -46,9 +48,9 @@ from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core import cohort
 from fedjax_pfl.core.algorithm import Algorithm
 from fedjax_pfl.core.local import LocalInput, LocalSpec, softmax_cross_entropy
+from fedjax_pfl.models.base import HEAD
 from fedjax_pfl.ops.aggregation import weighted_mean
 
-HEAD = "classifier"
 Z_GRID = np.linspace(1e-4, 1.0, 1000, dtype=np.float32)
 
 
@@ -60,12 +62,10 @@ class FlocoConfig:
     endpoints: simplex vertices M, >= 2.
     tau: round of the client projection, >= 1.
     rho: L1 radius of the sampling ball after ``tau``, >= 0.
-    init_seed: seed of the endpoint initialisation.
   """
   endpoints: int = 10
   tau: int = 10
   rho: float = 0.1
-  init_seed: int = 0
 
   def validate(self) -> None:
     if self.endpoints < 2:
@@ -76,11 +76,9 @@ class FlocoConfig:
       raise ValueError(f"floco.rho={self.rho}; allowed: >= 0")
 
 
-class FlocoServer(NamedTuple):
-  params: dict          # {'model': model params, 'endpoints': [M, D, K]}
-  round: jax.Array      # [] int32
-  stats: jax.Array      # [N, M*D*K] latest endpoint update per client
-  beta: jax.Array       # [N, M] client centres (valid from round tau)
+class FlocoClient(NamedTuple):
+  stats: jax.Array      # [M*D*K] the client's latest endpoint update (0 before it trains)
+  beta: jax.Array       # [M] the client's centre (1/M before round tau)
 
 
 def simplex_logits(apply_fn, params, alpha, x):
@@ -147,8 +145,12 @@ def pca(x, k: int):
 
 
 def floco(*, spec: LocalSpec, params, config: FlocoConfig) -> Algorithm:
-  """Builds FLOCO. Server state: :class:`FlocoServer`; client state: the
-  client's id (``[N]`` int32)."""
+  """Builds FLOCO. Server state: ``{'model', 'endpoints'}`` params; client
+  state: :class:`FlocoClient`. ``init`` needs ``key=`` (the endpoints' draw).
+
+  Raises:
+    ValueError: an invalid ``config``; ``init`` without a key.
+  """
   config.validate()
   m = config.endpoints
   dim, num_classes = params[HEAD]["kernel"].shape
@@ -162,36 +164,30 @@ def floco(*, spec: LocalSpec, params, config: FlocoConfig) -> Algorithm:
 
   local = spec.program(loss_fn)
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
+    if key is None:
+      raise ValueError("floco: init needs key= (the run's algorithm_init stream)")
     std = jnp.sqrt(2.0 / (dim + num_classes))
-    keys = jax.random.split(jax.random.key(config.init_seed), m)
+    keys = jax.random.split(key, m)
     ends = jax.vmap(lambda k: std * jax.random.normal(k, (dim, num_classes)))(keys)  # vmap over endpoints, not clients
-    server = FlocoServer({"model": params, "endpoints": ends}, jnp.zeros((), jnp.int32),
-                         jnp.zeros((num_clients, ends.size)), jnp.tile(center, (num_clients, 1)))
-    return server, jnp.arange(num_clients, dtype=jnp.int32)
+    client = FlocoClient(jnp.zeros((ends.size,)), center)
+    return {"model": params, "endpoints": ends}, cohort.stack_clients(client, num_clients)
 
-  def centre_of(server, client):
-    return jnp.where(server.round >= config.tau, server.beta[client], center)
+  def broadcast(server, client, *, ctx):
+    return LocalInput(server, (ctx.round >= config.tau, client.beta)), ()
 
-  def broadcast(server, client):
-    context = (server.round >= config.tau, centre_of(server, client))
-    return LocalInput(server.params, context), ()
+  def finalize(server, client, trained, extra, *, ctx=None):
+    update = (trained["endpoints"] - server["endpoints"]).ravel()
+    return trained, client._replace(stats=update), {}
 
-  def finalize(server, client, trained, extra):
-    update = (trained["endpoints"] - server.params["endpoints"]).ravel()
-    return (trained, update, client), client, {}
-
-  def aggregate(server, uploads, weights):
-    trained, updates, ids = uploads
-    valid = weights > 0
-    stats = cohort.scatter(server.stats, ids, updates, valid)
-    new_round = server.round + 1
-    beta = jax.lax.cond(new_round == config.tau, lambda s: best_radius(pca(s, m))[1],
-                        lambda s: server.beta, stats)
-    return FlocoServer(weighted_mean(trained, weights), new_round, stats, beta), {}
+  def aggregate(server, uploads, weights, *, ctx):
+    beta = jax.lax.cond(ctx.round + 1 == config.tau,
+                        lambda s: best_radius(pca(s, m))[1],
+                        lambda s: ctx.clients.beta, ctx.clients.stats)
+    return weighted_mean(uploads, weights), {}, ctx.clients._replace(beta=beta)
 
   def personalize(server, client):
-    return {"params": server.params, "alpha": centre_of(server, client)}
+    return {"params": server, "alpha": client.beta}
 
   def eval_apply(p, x):
     return simplex_logits(spec.apply, p["params"], p["alpha"], x)

@@ -17,10 +17,10 @@ The first ``E - rep_round`` epochs train the head only, the last
 mean over clients of the same neural-collapse term; each sampled client's
 personal kernel becomes its stepped one (its bias stays the trained one).
 
-Layout: as in FL-bench, the personal heads live in the server state
-(``personal [N, ...]``); the client state is only the client's id, uploaded so
-that ``aggregate`` can write the stepped heads back (padding has weight 0 and
-is dropped; so is a real client with no train example).
+Layout: each client's personal head is its row of the client state (sharded
+over the client axis); ``aggregate`` writes the cohort's stepped heads back
+through the round context (padding has weight 0 and is dropped; so is a real
+client with no train example).
 
 Deviation: the reference adds ``l3 ||h||^2`` only in the last ``rep_round``
 epochs; here it is in every epoch's loss. This changes no parameter (``h``
@@ -42,10 +42,8 @@ from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core import cohort
 from fedjax_pfl.core.algorithm import Algorithm
 from fedjax_pfl.core.local import LocalInput, LocalSpec, softmax_cross_entropy
-from fedjax_pfl.models.base import CLASSIFIER_RULES, label_params
+from fedjax_pfl.models.base import CLASSIFIER_RULES, HEAD, label_params
 from fedjax_pfl.ops.aggregation import weighted_mean
-
-HEAD = "classifier"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -73,7 +71,6 @@ class FLUTEConfig:
 
 class FLUTEServer(NamedTuple):
   params: Any           # global model (its classifier entries are unused)
-  personal: Any         # classifier subtree stacked [N, ...]
 
 
 def _safe_norm(x, axes):
@@ -106,7 +103,8 @@ def with_head(params, head):
 
 def flute(*, spec: LocalSpec, params, config: FLUTEConfig) -> Algorithm:
   """Builds FLUTE. Server state: :class:`FLUTEServer`; client state: the
-  client's id (``[N]`` int32)."""
+  client's personal classifier subtree (stacked ``[N, ...]``), written by
+  ``aggregate`` after the server's NC step."""
   config.validate()
   num_classes = params[HEAD]["kernel"].shape[-1]
   labels = label_params(params, CLASSIFIER_RULES)
@@ -134,31 +132,29 @@ def flute(*, spec: LocalSpec, params, config: FLUTEConfig) -> Algorithm:
 
   local = inner._replace(init=prog_init, finish=prog_finish)
 
-  def init(params, num_clients):
-    server = FLUTEServer(params, cohort.stack_clients(params[HEAD], num_clients))
-    return server, jnp.arange(num_clients, dtype=jnp.int32)
+  def init(params, num_clients, *, key=None):
+    del key
+    return FLUTEServer(params), cohort.stack_clients(params[HEAD], num_clients)
 
   def personalize(server, client):
-    return with_head(server.params, cohort.gather(server.personal, client))
+    return with_head(server.params, client)
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     return personalize(server, client), ()
 
-  def finalize(server, client, trained, extra):
-    params, present = trained
-    return (params, present, client), client, {}
+  def finalize(server, client, trained, extra, *, ctx=None):
+    return trained, client, {}
 
-  def aggregate(server, uploads, weights):
-    params, present, ids = uploads
+  def aggregate(server, uploads, weights, *, ctx):
+    params, present = uploads
     valid = weights > 0
     kernels = params[HEAD]["kernel"]
     count = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
     objective = lambda k: jnp.sum(jnp.where(valid, nc_loss(k, present), 0.0)) / count
     kernels = kernels - config.nc2_lr * jax.grad(objective)(kernels)
     head = {**params[HEAD], "kernel": kernels}
-    personal = cohort.scatter(server.personal, ids, head, valid)
     metrics = {"nc_loss": objective(kernels)}
-    return FLUTEServer(weighted_mean(params, weights), personal), metrics
+    return FLUTEServer(weighted_mean(params, weights)), metrics, ctx.write(head, where=valid)
 
   return Algorithm("flute", init, broadcast, local, finalize, aggregate, personalize)
 

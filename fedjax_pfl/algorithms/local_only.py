@@ -27,17 +27,17 @@ class LocalOnlyConfig:
 def local_only(*, local: LocalProgram) -> Algorithm:
   """Builds Local-Only. Server state: none; client state: params ``[N, ...]``."""
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     return (), cohort.stack_clients(params, num_clients)
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     return client, ()
 
-  def finalize(server, client, trained, extra):
+  def finalize(server, client, trained, extra, *, ctx=None):
     zero = jnp.zeros((), jnp.float32)   # no communication at all
     return (), trained, {"downlink_values": zero, "downlink_bytes": zero}
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     return server, {}
 
   def personalize(server, client):

@@ -29,13 +29,14 @@ trained uses the current global statistics and uniform priors.
 
 Deviations: beta is the best point of a ``beta_grid x beta_grid`` grid on
 [0, 1]^2 (the reference: 10 L-BFGS iterations from (0.5, 0.5)); folds are a
-stratified round-robin over a fixed-seed shuffle (StratifiedKFold,
-random_state=0 in the official code); the features are one pass of the
+stratified round-robin over a shuffle keyed by (seed, round, client) from the
+run's ``algorithm`` stream (the official code: StratifiedKFold,
+random_state=0); the features are one pass of the
 trained body over the train set (the official code reuses the features seen
 during the E training epochs; a lone last example of an odd epoch is left
 out, as in training); ``cov_nearest`` is omitted since the covariance is
 positive definite by construction (``+ I``). Server statistics start as
-``mu_g ~ U[0, 1)`` (seed ``stats_seed``) and ``Sigma_g = I``.
+``mu_g ~ U[0, 1)`` (from the run's ``algorithm_init`` key) and ``Sigma_g = I``.
 
 Degenerate property: ``local_beta=True`` (beta = (1, 1)) gives the purely
 local statistics.
@@ -53,10 +54,8 @@ from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core import cohort
 from fedjax_pfl.core.algorithm import Algorithm
 from fedjax_pfl.core.local import LocalInput, LocalSpec
-from fedjax_pfl.models.base import CLASSIFIER_RULES, label_params
+from fedjax_pfl.models.base import CLASSIFIER_RULES, HEAD, label_params
 from fedjax_pfl.ops.aggregation import weighted_mean
-
-HEAD = "classifier"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,14 +68,12 @@ class PFedFDAConfig:
     beta_grid: grid points per beta axis, >= 2.
     single_beta: one beta for means and covariance.
     local_beta: beta = (1, 1) (no search).
-    stats_seed: seed of the initial global means.
   """
   eps: float = 1e-4
   num_cv_folds: int = 2
   beta_grid: int = 11
   single_beta: bool = False
   local_beta: bool = False
-  stats_seed: int = 0
 
   def validate(self) -> None:
     if not 0.0 < self.eps < 1.0:
@@ -139,12 +136,12 @@ def mle_stats(feats, labels, valid, global_means, min_count: int):
   return means, cov
 
 
-def cv_folds(labels, valid, num_classes: int, folds: int):
-  """Stratified fold ids ``[M]`` (round-robin per class over a fixed-seed
-  shuffle) and the mask of examples taking part (class count >= folds)."""
+def cv_folds(labels, valid, num_classes: int, folds: int, key: jax.Array):
+  """Stratified fold ids ``[M]`` (round-robin per class over a shuffle drawn
+  from ``key``) and the mask of examples taking part (class count >= folds)."""
   counts = jnp.sum(jax.nn.one_hot(labels, num_classes) * valid[:, None], axis=0)
   use = valid & (counts[labels] >= folds)
-  u = jax.random.uniform(jax.random.key(0), labels.shape)
+  u = jax.random.uniform(key, labels.shape)
   key = jnp.where(use, labels, num_classes).astype(jnp.float32) + u
   order = jnp.argsort(key)
   sorted_cls = jnp.where(use, labels, num_classes)[order]
@@ -153,10 +150,10 @@ def cv_folds(labels, valid, num_classes: int, folds: int):
   return fold, use
 
 
-def search_beta(feats, labels, valid, global_means, global_cov, priors, config):
+def search_beta(feats, labels, valid, global_means, global_cov, priors, config, key):
   """The (beta_mu, beta_Sigma) grid point of least summed CV cross-entropy."""
   k = global_means.shape[0]
-  fold, use = cv_folds(labels, valid, k, config.num_cv_folds)
+  fold, use = cv_folds(labels, valid, k, config.num_cv_folds, key)
   grid = jnp.linspace(0.0, 1.0, config.beta_grid)
 
   def fold_loss(f):
@@ -192,11 +189,11 @@ def pfedfda(*, spec: LocalSpec, params, config: PFedFDAConfig) -> Algorithm:
   slots = inner.steps_per_epoch * inner.batch_size
 
   def prog_init(inputs: LocalInput, data, key):
-    means_g, cov_g = inputs.context
+    means_g, cov_g, fold_key = inputs.context
     valid = jnp.arange(data.idx.shape[0]) < data.count
     priors = label_priors(data.y[data.idx], valid, num_classes, config.eps)
     p = {**inputs.params, HEAD: lda_head(means_g, cov_g, priors, config.eps)}
-    return inner.init(LocalInput(p, (means_g, cov_g, priors)), data, key)
+    return inner.init(LocalInput(p, (means_g, cov_g, priors, fold_key)), data, key)
 
   def batch_fn(acc, trained, batch, s):
     feats, ys, valid = acc
@@ -207,13 +204,13 @@ def pfedfda(*, spec: LocalSpec, params, config: PFedFDAConfig) -> Algorithm:
             jax.lax.dynamic_update_slice(valid, batch.mask, (at,)))
 
   def finish_fn(trained, acc, metrics):
-    p, (means_g, cov_g, priors) = trained
+    p, (means_g, cov_g, priors, fold_key) = trained
     feats, ys, valid = acc
     means, cov = mle_stats(feats, ys, valid, means_g, config.num_cv_folds)
     if config.local_beta:
       beta = jnp.ones((2,), jnp.float32)
     else:
-      beta = search_beta(feats, ys, valid, means_g, cov_g, priors, config)
+      beta = search_beta(feats, ys, valid, means_g, cov_g, priors, config, fold_key)
     client = FDAClient(beta[0] * means + (1 - beta[0]) * means_g,
                        beta[1] * cov + (1 - beta[1]) * cov_g, priors, beta, jnp.asarray(True))
     return (p, client), {**metrics, "beta_mu": beta[0], "beta_cov": beta[1]}
@@ -224,21 +221,23 @@ def pfedfda(*, spec: LocalSpec, params, config: PFedFDAConfig) -> Algorithm:
                            finish=lambda c: ((c.params, c.context), inner.finish(c)[1]))
   local = _features.append_pass(program, acc0, batch_fn, finish_fn)
 
-  def init(params, num_clients):
-    means = jax.random.uniform(jax.random.key(config.stats_seed), (num_classes, dim))
+  def init(params, num_clients, *, key=None):
+    if key is None:
+      raise ValueError("pfedfda: init needs key= (the run's algorithm_init stream)")
+    means = jax.random.uniform(key, (num_classes, dim))
     cov = jnp.eye(dim)
     client = FDAClient(means, cov, jnp.full((num_classes,), 1.0 / num_classes),
                        jnp.array([1.0, 0.5]), jnp.asarray(False))
     return FDAServer(params, means, cov), cohort.stack_clients(client, num_clients)
 
-  def broadcast(server, client):
-    return LocalInput(server.params, (server.means, server.cov)), ()
+  def broadcast(server, client, *, ctx):
+    return LocalInput(server.params, (server.means, server.cov, ctx.key)), ()
 
-  def finalize(server, client, trained, extra):
+  def finalize(server, client, trained, extra, *, ctx=None):
     p, new_client = trained
     return (p, new_client.means, new_client.cov), new_client, {}
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     return FDAServer(*weighted_mean(uploads, weights)), {}
 
   def personalize(server, client):

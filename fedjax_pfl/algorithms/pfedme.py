@@ -114,17 +114,17 @@ def pfedme_program(apply, cfg: PFedMeConfig, eta: float, *, epochs: int, batch_s
 def pfedme(*, local: LocalProgram, beta: float) -> Algorithm:
   """Builds pFedMe. Server: global params; client: :class:`PFedMeClient`."""
 
-  def init(params, num_clients):
+  def init(params, num_clients, *, key=None):
     return params, cohort.stack_clients(PFedMeClient(params, jnp.zeros((), bool)), num_clients)
 
-  def broadcast(server, client):
+  def broadcast(server, client, *, ctx=None):
     return server, ()
 
-  def finalize(server, client, trained, extra):
+  def finalize(server, client, trained, extra, *, ctx=None):
     w, theta = trained
     return w, PFedMeClient(theta, jnp.ones((), bool)), {}
 
-  def aggregate(server, uploads, weights):
+  def aggregate(server, uploads, weights, *, ctx=None):
     mean = weighted_mean(uploads, weights)
     return jax.tree.map(lambda s, m: (1.0 - beta) * s + beta * m, server, mean), {}
 

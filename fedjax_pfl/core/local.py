@@ -2,7 +2,7 @@
 
 A :class:`LocalProgram` describes one client's local training as
 ``init -> step (num_steps times) -> finish``. Written for ONE client; the
-executor in :mod:`fedjax_pfl.core.cohort` decides whether the steps run inside
+backend in :mod:`fedjax_pfl.core.backend` decides whether the steps run inside
 one ``lax.scan`` or are stepped from Python, and whether clients are vmapped.
 
 Minibatches follow FL-bench's client loop: each epoch reshuffles the client's
@@ -11,7 +11,7 @@ when it has at least 2 examples, and batches of size 1 are skipped. Steps past
 a client's data (padding) leave parameters and optimizer state unchanged.
 """
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +63,9 @@ class LocalProgram(NamedTuple):
     num_steps: static number of steps ``S`` (``epochs * steps_per_epoch``).
     steps_per_epoch: static steps per epoch (``ceil(M / B)``).
     batch_size: ``B``.
+    active_fn: optional host-side ``counts -> step indices`` replacing the
+      default :meth:`active_steps` (for programs whose steps do not follow
+      ``epochs x batches``).
   """
   init: Callable[..., Any]
   step: Callable[..., Any]
@@ -70,6 +73,7 @@ class LocalProgram(NamedTuple):
   num_steps: int
   steps_per_epoch: int
   batch_size: int
+  active_fn: Callable[[Any], Sequence[int]] | None = None
 
   def active_steps(self, counts) -> list[int]:
     """Host-side: the step indices at which any client in ``counts`` trains.
@@ -77,16 +81,32 @@ class LocalProgram(NamedTuple):
     Used by Python-stepped execution to skip steps that are no-ops for every
     client of a chunk; results are identical with or without skipping.
     """
+    if self.active_fn is not None:
+      return list(self.active_fn(counts))
     n = int(np.max(np.asarray(counts))) if np.size(counts) else 0
     per_epoch = num_batches(n, self.batch_size)
     epochs = self.num_steps // self.steps_per_epoch
     return [e * self.steps_per_epoch + s for e in range(epochs) for s in range(per_epoch)]
 
 
+MIN_BATCH = 2  # FL-bench skips batches of one example (BatchNorm needs two)
+
+
+def batch_active(size: jax.Array) -> jax.Array:
+  """Whether a batch of ``size`` real examples trains (``>= MIN_BATCH``; traced)."""
+  return size >= MIN_BATCH
+
+
+def steps_per_epoch(num_slots: int, batch_size: int) -> int:
+  """Static batches per epoch ``ceil(M / B)`` (at least 1) for ``M`` padded
+  example slots per client."""
+  return max(1, -(-int(num_slots) // int(batch_size)))
+
+
 def num_batches(count: int, batch_size: int) -> int:
-  """Batches per epoch with at least 2 examples for ``count`` examples."""
+  """Batches per epoch with at least ``MIN_BATCH`` examples for ``count`` examples."""
   full, rest = divmod(int(count), batch_size)
-  return full + (1 if rest >= 2 else 0)
+  return full + (1 if rest >= MIN_BATCH else 0)
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array):
@@ -163,8 +183,8 @@ def sgd_program(loss_fn: Callable[..., jax.Array], optimizer: optax.GradientTran
     A :class:`LocalProgram` whose params are the trained pytree; metrics
     ``train_loss`` (mean over trained examples) and ``train_examples``.
   """
-  steps_per_epoch = max(1, -(-num_slots // batch_size))
-  padded_len = steps_per_epoch * batch_size
+  spe = steps_per_epoch(num_slots, batch_size)
+  padded_len = spe * batch_size
   grad_fn = jax.value_and_grad(loss_fn, has_aux=state_mask is not None)
 
   def init(inputs, data: ClientData, key):
@@ -175,10 +195,10 @@ def sgd_program(loss_fn: Callable[..., jax.Array], optimizer: optax.GradientTran
     return SGDCarry(params, context, optimizer.init(params), perms, step_key, zero, zero)
 
   def step(carry: SGDCarry, t, data: ClientData) -> SGDCarry:
-    epoch, s = t // steps_per_epoch, t % steps_per_epoch
+    epoch, s = t // spe, t % spe
     batch = gather_batch(data, carry.perms[epoch], s, batch_size)
     size = jnp.sum(batch.mask)
-    active = size >= 2
+    active = batch_active(size)
     loss, grads = grad_fn(carry.params, batch, jax.random.fold_in(carry.key, t), carry.context)
     updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
     params = optax.apply_updates(carry.params, updates)
@@ -201,8 +221,7 @@ def sgd_program(loss_fn: Callable[..., jax.Array], optimizer: optax.GradientTran
                "train_examples": carry.seen}
     return carry.params, metrics
 
-  return LocalProgram(init, step, finish, epochs * steps_per_epoch, steps_per_epoch,
-                      batch_size)
+  return LocalProgram(init, step, finish, epochs * spe, spe, batch_size)
 
 
 def _freeze(mask, new_params, old_params, new_opt, old_opt):

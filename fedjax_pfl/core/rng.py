@@ -8,7 +8,8 @@ do not depend on cohort order, padding, chunk size or device count.
 import jax
 import jax.numpy as jnp
 
-STREAMS = {"init": 0, "sample": 1, "train": 2, "eval": 3, "algorithm": 4}
+STREAMS = {"init": 0, "sample": 1, "train": 2, "eval": 3, "algorithm": 4, "aggregate": 5,
+           "algorithm_init": 6}
 
 
 def root_key(seed: int) -> jax.Array:

@@ -158,7 +158,9 @@ def label_params(params: Params, rules: dict[str, str], default: str = "body") -
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-CLASSIFIER_RULES = {r"^classifier(/|$)": "classifier"}
+HEAD = "classifier"  # the name of every model's final linear layer (the personal head)
+HEAD_REGEX = rf"^{HEAD}(/|$)"  # path rule selecting the head's parameters
+CLASSIFIER_RULES = {HEAD_REGEX: HEAD}
 
 
 def scope_mask(params: Params, scope: str) -> PyTree | None:
@@ -166,7 +168,7 @@ def scope_mask(params: Params, scope: str) -> PyTree | None:
   (every entry scored), ``"classifier"`` -> True only under ``classifier``."""
   if scope == "all":
     return None
-  if scope == "classifier":
+  if scope == HEAD:
     labels = label_params(params, CLASSIFIER_RULES)
-    return jax.tree.map(lambda lab: lab == "classifier", labels)
+    return jax.tree.map(lambda lab: lab == HEAD, labels)
   raise ValueError(f"fedobp.scope={scope!r}; allowed: ['all', 'classifier']")

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_pfl.models.base import HEAD
 from fedjax_pfl.models.conv import conv_fn
 
 _torch_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -47,4 +48,4 @@ class FedAvgCNN(nn.Module):
     x = nn.max_pool(nn.relu(x), (2, 2), (2, 2))
     x = x.reshape(x.shape[:-3] + (-1,))
     x = nn.relu(torch_dense(512, x.shape[-1], "fc1")(x))
-    return torch_dense(self.num_classes, 512, "classifier")(x)
+    return torch_dense(self.num_classes, 512, HEAD)(x)

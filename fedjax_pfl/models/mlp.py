@@ -4,6 +4,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
+from fedjax_pfl.models.base import HEAD
 from fedjax_pfl.models.cnn import torch_dense
 
 
@@ -17,4 +18,4 @@ class MLP(nn.Module):
     x = x.reshape(x.shape[:-3] + (-1,))
     for i, h in enumerate(self.hidden):
       x = nn.relu(torch_dense(h, x.shape[-1], f"fc{i + 1}")(x))
-    return torch_dense(self.num_classes, x.shape[-1], "classifier")(x)
+    return torch_dense(self.num_classes, x.shape[-1], HEAD)(x)

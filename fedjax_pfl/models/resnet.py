@@ -21,6 +21,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fedjax_pfl.models.base import HEAD
 from fedjax_pfl.models.cnn import torch_dense
 from fedjax_pfl.models.conv import conv_fn
 
@@ -65,4 +66,4 @@ class ResNet(nn.Module):
     for i, w in enumerate(self.widths):
       x = BasicBlock(w, 1 if i == 0 else 2, self.conv, name=f"layer{i + 1}")(x, train, mask)
     x = jnp.mean(x, axis=(-3, -2))
-    return torch_dense(self.num_classes, x.shape[-1], "classifier")(x)
+    return torch_dense(self.num_classes, x.shape[-1], HEAD)(x)

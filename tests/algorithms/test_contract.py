@@ -13,7 +13,7 @@ from fedjax_pfl import algorithms
 from fedjax_pfl.algorithms.fedobp import FedOBPConfig
 from fedjax_pfl.algorithms.fedselect import FedSelectConfig
 from fedjax_pfl.algorithms.floco import FlocoConfig
-from fedjax_pfl.core import cohort
+from fedjax_pfl.core import backend
 from tests.helpers import make_sim, run_rounds
 
 # Configs that reach each method's special paths within 2 rounds (default: None).
@@ -24,8 +24,8 @@ CONFIGS = {
     "floco": FlocoConfig(tau=1, endpoints=3),             # projection, then ball sampling
 }
 CASES = sorted(set(algorithms.REGISTRY) | set(CONFIGS))
-SEQ_PY = cohort.Execution(parallelism="sequential", step_loop="python")
-VMAP_4DEV = cohort.Execution(parallelism="vmap", step_loop="scan", num_devices=4)
+SEQ_PY = backend.Execution(parallelism="sequential", step_loop="python")
+VMAP_4DEV = backend.Execution(parallelism="vmap", step_loop="scan", num_devices=4)
 
 
 def _sim(case, execution):
@@ -81,7 +81,7 @@ def test_execution_strategy_invariance(case):
   assert e_ref["loss"] == pytest.approx(e_got["loss"], rel=1e-4)
 
 
-VMAP_1DEV = cohort.Execution(parallelism="vmap", step_loop="scan", num_devices=1)
+VMAP_1DEV = backend.Execution(parallelism="vmap", step_loop="scan", num_devices=1)
 
 
 @pytest.mark.parametrize("case", CASES)

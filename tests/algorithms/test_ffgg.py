@@ -13,17 +13,17 @@ from fedjax_pfl.algorithms.fedalt import FedAltConfig
 from fedjax_pfl.algorithms.fedper import FedPerConfig
 from fedjax_pfl.algorithms.fedrep import FedRepConfig
 from fedjax_pfl.algorithms.ffgg import FFGGConfig
-from fedjax_pfl.core import cohort, rng
+from fedjax_pfl.core import backend, rng
 from fedjax_pfl.core.local import (
   LocalSpec,
   epoch_permutations,
   make_optimizer,
   softmax_cross_entropy,
 )
-from tests.helpers import make_sim, run_rounds, tiny_data, tiny_model
+from tests.helpers import client_ctx, make_sim, run_rounds, server_ctx, tiny_data, tiny_model
 
-SEQ = cohort.Execution(parallelism="sequential", step_loop="scan")  # fastest to compile
-SEQ_PY = cohort.Execution(parallelism="sequential", step_loop="python")  # skips steps
+SEQ = backend.Execution(parallelism="sequential", step_loop="scan")  # fastest to compile
+SEQ_PY = backend.Execution(parallelism="sequential", step_loop="python")  # skips steps
 
 
 def _alg(cfg, *, batch_size=32, lr=0.1):
@@ -93,7 +93,8 @@ def test_staleness_ring_buffer():
     xs = [alg.broadcast(server, client)[0][1]]
     current = [tuple(b[0] for b in server.bodies)]
     for k in range(3):
-      server, _ = alg.aggregate(server, ones(current[-1], float(k + 1)), w)
+      server, _ = alg.aggregate(server, ones(current[-1], float(k + 1)), w,
+                                ctx=server_ctx([0, 1], clients, round_idx=k))
       current.append(tuple(b[0] for b in server.bodies))
       xs.append(alg.broadcast(server, client)[0][1])
     for k in range(4):
@@ -114,11 +115,10 @@ def test_byzantine_upload_and_robust_aggregation():
   server, clients = alg.init(p0, 8)
   assert np.asarray(clients.byzantine).tolist() == [True] + [False] * 7
   grad = tuple(jnp.ones_like(b[0]) for b in server.bodies)
-  key = rng.client_key(jax.random.key(0), 0, 0)
   honest = jax.tree.map(lambda a: a[3], clients)
   byz = jax.tree.map(lambda a: a[0], clients)
-  up_h, new_h, _ = alg.finalize(server, honest, (grad, honest.head, key), ())
-  up_b, _, m = alg.finalize(server, byz, (grad, byz.head, key), ())
+  up_h, new_h, _ = alg.finalize(server, honest, (grad, honest.head), (), ctx=client_ctx(3))
+  up_b, _, m = alg.finalize(server, byz, (grad, byz.head), (), ctx=client_ctx(0))
   chex.assert_trees_all_equal(up_h, grad)
   chex.assert_trees_all_equal(new_h.head, honest.head)
   flat = np.concatenate([np.ravel(u) for u in up_b])
@@ -131,16 +131,17 @@ def test_byzantine_upload_and_robust_aggregation():
   weights = jnp.ones(8)
   body = lambda srv: tuple(b[0] for b in srv.bodies)
   moved = lambda srv: max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(body(srv), body(server)))
-  mean_srv, _ = alg.aggregate(server, uploads, weights)
+  ctx = server_ctx(range(8), clients)
+  mean_srv, _ = alg.aggregate(server, uploads, weights, ctx=ctx)
   assert moved(mean_srv) > 1000.0
   med, _, _, _ = _alg(FFGGConfig(aggregator="bucketed_median", bucket_size=2))
-  med_srv, _ = med.aggregate(server, uploads, weights)
+  med_srv, _ = med.aggregate(server, uploads, weights, ctx=ctx)
   assert 1.0 <= moved(med_srv) <= 1.6
   # One bucket holding the whole cohort: the median is the weighted mean.
   one, _, _, _ = _alg(FFGGConfig(aggregator="bucketed_median", bucket_size=8))
   w = jnp.arange(1.0, 9.0)
-  chex.assert_trees_all_close(one.aggregate(server, uploads, w)[0].bodies,
-                              alg.aggregate(server, uploads, w)[0].bodies, rtol=1e-6)
+  chex.assert_trees_all_close(one.aggregate(server, uploads, w, ctx=ctx)[0].bodies,
+                              alg.aggregate(server, uploads, w, ctx=ctx)[0].bodies, rtol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [dict(inner_steps=-1), dict(local_steps=0),

@@ -43,19 +43,21 @@ def test_centre_before_tau_then_client_centres():
   alg, data = sim.algorithm, tiny_data()
   state, _ = run_rounds(sim, p0, 1)
   x = jnp.asarray(data.x[:5])
-  params = state.server.params
+  params = state.server
   plain = {**params["model"], "classifier": {
       "kernel": jnp.mean(params["endpoints"], axis=0),
       "bias": params["model"]["classifier"]["bias"]}}
   for i in (0, 3):
-    got = alg.eval_apply(alg.personalize(state.server, jnp.int32(i)), x)
+    row = jax.tree.map(lambda a, i=i: a[i], state.clients)
+    got = alg.eval_apply(alg.personalize(state.server, row), x)
     np.testing.assert_allclose(got, sim.algorithm.eval_apply(
         {"params": params, "alpha": jnp.full(4, 0.25)}, x), rtol=1e-6)
     np.testing.assert_allclose(got, tiny_model(data.num_classes).apply(plain, x), rtol=1e-5, atol=1e-6)
   state, _ = run_rounds(sim, p0, 2)                            # projection after round 1
-  beta = np.asarray(state.server.beta)
+  beta = np.asarray(state.clients.beta)
   np.testing.assert_allclose(beta.sum(1), 1.0, rtol=1e-5)
   assert beta.min() >= 0 and not np.allclose(beta, 0.25)
   for i in (0, 5):
-    np.testing.assert_array_equal(alg.personalize(state.server, jnp.int32(i))["alpha"], beta[i])
+    row = jax.tree.map(lambda a, i=i: a[i], state.clients)
+    np.testing.assert_array_equal(alg.personalize(state.server, row)["alpha"], beta[i])
 

@@ -8,10 +8,10 @@ import pytest
 
 from fedjax_pfl.algorithms import flute
 from fedjax_pfl.algorithms.flute import FLUTEConfig
-from fedjax_pfl.core import cohort
-from fedjax_pfl.core.algorithm import Algorithm
+from fedjax_pfl.core import backend, cohort
+from fedjax_pfl.core.algorithm import Algorithm, ServerContext
 from fedjax_pfl.core.local import LocalSpec, make_optimizer
-from fedjax_pfl.core.rounds import Simulation
+from fedjax_pfl.core.simulation import Simulation
 from fedjax_pfl.models.base import CLASSIFIER_RULES, label_params
 from fedjax_pfl.ops.aggregation import weighted_mean
 from tests.helpers import make_sim, run_rounds, tiny_data, tiny_model
@@ -33,7 +33,8 @@ def test_nc_loss_is_zero_for_a_simplex_etf():
 
 def test_server_step_writes_stepped_kernels_of_valid_clients():
   sim, p0 = make_sim("flute", FLUTEConfig(nc2_lr=0.5))
-  server = sim.init(p0).server
+  state = sim.init(p0)
+  server = state.server
   keys = jax.random.split(jax.random.key(3), 3)
   params = jax.tree.map(lambda a: jnp.stack([a + 0.1 * i for i in range(3)]), p0)
   params["classifier"]["kernel"] = jnp.stack(
@@ -41,13 +42,15 @@ def test_server_step_writes_stepped_kernels_of_valid_clients():
   present = jnp.array([[1.0, 1, 0], [1, 1, 1], [1, 0, 1]])
   ids = jnp.array([2, 5, 7], jnp.int32)
   weights = jnp.array([3.0, 1.0, 0.0])                            # the last is padding
-  new, _ = sim.algorithm.aggregate(server, (params, present, ids), weights)
+  ctx = ServerContext(jnp.int32(0), ids, jnp.array([True, True, False]), jax.random.key(0),
+                      state.clients)
+  new, _, personal = sim.algorithm.aggregate(server, (params, present), weights, ctx=ctx)
   for j, i in enumerate(ids[:2]):
     k = params["classifier"]["kernel"][j]
     step = k - 0.5 * jax.grad(flute.nc_loss)(k, present[j]) / 2.0
-    np.testing.assert_allclose(new.personal["kernel"][i], step, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(new.personal["bias"][i], params["classifier"]["bias"][j])
-  np.testing.assert_array_equal(new.personal["kernel"][7], server.personal["kernel"][7])
+    np.testing.assert_allclose(personal["kernel"][i], step, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(personal["bias"][i], params["classifier"]["bias"][j])
+  np.testing.assert_array_equal(personal["kernel"][7], state.clients["kernel"][7])
   chex.assert_trees_all_close(new.params["fc1"], weighted_mean(params["fc1"], weights))
 
 
@@ -61,10 +64,10 @@ def _fedper_head_then_all(spec: LocalSpec, params, rep_round: int) -> Algorithm:
   def with_head(server, head):
     return {**server, "classifier": head}
   return Algorithm(
-      "fedper_ht", lambda p, n: (p, cohort.stack_clients(p["classifier"], n)),
-      lambda s, c: (with_head(s, c), ()), local,
-      lambda s, c, t, e: (t, t["classifier"], {}),
-      lambda s, u, w: (weighted_mean(u, w), {}), with_head)
+      "fedper_ht", lambda p, n, key=None: (p, cohort.stack_clients(p["classifier"], n)),
+      lambda s, c, ctx=None: (with_head(s, c), ()), local,
+      lambda s, c, t, e, ctx=None: (t, t["classifier"], {}),
+      lambda s, u, w, ctx=None: (weighted_mean(u, w), {}), with_head)
 
 
 def test_zero_regularisers_equal_fedper_with_head_then_all_training():
@@ -74,12 +77,12 @@ def test_zero_regularisers_equal_fedper_with_head_then_all_training():
   model = tiny_model(data.num_classes)
   spec = LocalSpec(model.apply, make_optimizer(0.1, 0.5), 3, 4, int(data.train_idx.shape[1]))
   ref = Simulation(_fedper_head_then_all(spec, p0, 1), model.apply, data, seed=0,
-                   participation=0.5, execution=cohort.Execution(), eval_batch_size=2)
+                   participation=0.5, execution=backend.Execution(), eval_batch_size=2)
   got, _ = run_rounds(sim, p0, 2)
   want, _ = run_rounds(ref, p0, 2)
   body = lambda p: {k: v for k, v in p.items() if k != "classifier"}
   chex.assert_trees_all_close(body(got.server.params), body(want.server), rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(got.server.personal, want.clients, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(got.clients, want.clients, rtol=1e-5, atol=1e-6)
   assert sim.evaluate(got)["loss"] == pytest.approx(ref.evaluate(want)["loss"], rel=1e-5)
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(body(got.server.params)),
                                                    jax.tree.leaves(body(p0))))

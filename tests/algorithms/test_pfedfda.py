@@ -7,7 +7,7 @@ import numpy as np
 from fedjax_pfl.algorithms import _features, pfedfda
 from fedjax_pfl.algorithms.pfedfda import PFedFDAConfig
 from fedjax_pfl.core import cohort, rng
-from tests.helpers import make_sim, tiny_data
+from tests.helpers import client_ctx, make_sim, tiny_data
 
 
 def test_lda_head_matches_numpy():
@@ -59,12 +59,12 @@ def test_local_beta_uses_the_local_statistics():
 
   @jax.jit
   def run(server, client, key):
-    inputs, extra = alg.broadcast(server, client)
+    inputs, extra = alg.broadcast(server, client, ctx=client_ctx(0))
     prog = alg.local_train
     carry = jax.lax.fori_loop(0, prog.num_steps, lambda t, c: prog.step(c, t, cdata),
                               prog.init(inputs, cdata, key))
     trained, metrics = prog.finish(carry)
-    return alg.finalize(server, client, trained, extra), metrics
+    return alg.finalize(server, client, trained, extra, ctx=client_ctx(0)), metrics
 
   (upload, new, _), metrics = run(state.server, client, rng.client_key(sim.train_key, 0, 0))
   np.testing.assert_array_equal(new.beta, [1.0, 1.0])

@@ -8,6 +8,12 @@ commit): ``FEDJAX_PFL_RECORD=1 python -m pytest tests/core/test_engine_regressio
 Tolerance: the engine refactor keeps the order of every computation, so values
 are compared at ``rtol=2e-5`` (a jit boundary that moves can change XLA's
 fusion and so the last float bits).
+
+Re-recorded on purpose: ``floco`` and ``pfedfda`` (issue 15). Their initial
+draws (FLOCO's endpoints, pFedFDA's global means) now come from the run's
+``algorithm_init`` key stream instead of fixed private seeds (``key(0)``), and
+pFedFDA's CV-fold shuffle from the round context's key; the other 26 cases keep
+their pre-refactor values.
 """
 
 import functools

@@ -7,18 +7,19 @@ import numpy as np
 import pytest
 
 from fedjax_pfl.algorithms.fedobp import FedOBPConfig
-from fedjax_pfl.core import cohort
-from fedjax_pfl.core.rounds import cohort_size, summarize_eval
+from fedjax_pfl.core import backend, cohort
+from fedjax_pfl.core.evaluation import summarize_eval
+from fedjax_pfl.core.rounds import cohort_size
 from tests.helpers import make_sim, run_rounds, tiny_data
 
-SEQ_PY = cohort.Execution(parallelism="sequential", step_loop="python")
+SEQ_PY = backend.Execution(parallelism="sequential", step_loop="python")
 EXECUTIONS = {
-    "sequential-scan": cohort.Execution(parallelism="sequential", step_loop="scan"),
-    "vmap-scan": cohort.Execution(parallelism="vmap", step_loop="scan"),
-    "vmap-python": cohort.Execution(parallelism="vmap", step_loop="python"),
-    "vmap-scan-chunk3": cohort.Execution(parallelism="vmap", step_loop="scan", chunk_size=3),
-    "vmap-python-chunk3": cohort.Execution(parallelism="vmap", step_loop="python", chunk_size=3),
-    "vmap-scan-4dev": cohort.Execution(parallelism="vmap", step_loop="scan", num_devices=4),
+    "sequential-scan": backend.Execution(parallelism="sequential", step_loop="scan"),
+    "vmap-scan": backend.Execution(parallelism="vmap", step_loop="scan"),
+    "vmap-python": backend.Execution(parallelism="vmap", step_loop="python"),
+    "vmap-scan-chunk3": backend.Execution(parallelism="vmap", step_loop="scan", chunk_size=3),
+    "vmap-python-chunk3": backend.Execution(parallelism="vmap", step_loop="python", chunk_size=3),
+    "vmap-scan-4dev": backend.Execution(parallelism="vmap", step_loop="scan", num_devices=4),
 }
 
 
@@ -126,7 +127,7 @@ def test_cohort_order_invariance(monkeypatch):
 
 
 def test_cohort_padding_gets_zero_weight():
-  ex = cohort.Executor(cohort.Execution(parallelism="vmap", chunk_size=3), num_clients=8)
+  ex = backend.make_backend(backend.Execution(parallelism="vmap", chunk_size=3), num_clients=8)
   ids, valid = ex.pad_cohort(np.array([1, 4, 5, 7]))
   assert ids.tolist() == [1, 4, 5, 7, 8, 8] and valid.tolist() == [True] * 4 + [False] * 2
   stacked = jnp.arange(8.0)
@@ -136,14 +137,14 @@ def test_cohort_padding_gets_zero_weight():
 
 def test_no_retracing_across_rounds():
   sim, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8),
-                     execution=cohort.Execution(parallelism="vmap", step_loop="python"))
+                     execution=backend.Execution(parallelism="vmap", step_loop="python"))
   run_rounds(sim, p0, 3)
-  jitted = sim.executor._compiled[(sim.task, True)]
-  assert all(f._cache_size() == 1 for f in jitted if f._cache_size())
-  assert sim._finish_round._cache_size() == 1
+  sizes = sim.backend.cache_sizes()
+  assert all(v <= 1 for v in sizes.values()), sizes
+  assert sizes["_finish"] == 1 and sizes["ClientTask[1]"] == 1, sizes  # the aggregation, a step
   sim2, _ = make_sim("fedavg", execution=EXECUTIONS["vmap-scan"])
   run_rounds(sim2, p0, 3)
-  assert sim2._fused_round._cache_size() == 1
+  assert sim2.backend.cache_sizes()["_round"] == 1
 
 
 @pytest.mark.parametrize("name", ["vmap-scan", "vmap-scan-4dev", "sequential-scan"])
@@ -164,7 +165,7 @@ def test_run_rounds_equals_single_rounds(name):
     for k in want:
       np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
   if ex.parallelism == "vmap":
-    assert sim2._multi_round._cache_size() == 2  # one program per chunk length
+    assert sim2.backend.cache_sizes()["_rounds"] == 2  # one program per chunk length
   with pytest.raises(ValueError, match="num_rounds"):
     sim2.run_rounds(state, 0)
 
@@ -190,7 +191,7 @@ def test_batched_runs_equal_separate_runs(name, runs):
   if name == "fedobp":
     hparams["algo.quantile"] = [r[2] for r in runs]
   seeds = [r[0] for r in runs]
-  batch = sim.init_batch([r[0] for r in refs], hparams)
+  batch = sim.init_batch([r[0] for r in refs], hparams, seeds=seeds)
   batch, chunks = sim.run_rounds_batch(batch, seeds, 2, hparams)
   batch, more = sim.run_rounds_batch(batch, seeds, 1, hparams)
   chunks = [a + b for a, b in zip(chunks, more)]
@@ -205,7 +206,7 @@ def test_batched_runs_equal_separate_runs(name, runs):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
     assert evals[i]["client_accuracy"] == ref_eval["client_accuracy"]
   assert refs[0][2][-1]["train_loss"] != refs[1][2][-1]["train_loss"]  # the runs differ
-  assert sim._multi_round_batch._cache_size() == 2  # one program per chunk length
+  assert sim.backend.cache_sizes()["_rounds_batch"] == 2  # one program per chunk length
   if name == "fedobp":  # different quantiles personalize different fractions
     assert chunks[1][-1]["personalized_fraction"] > chunks[0][-1]["personalized_fraction"]
   with pytest.raises(ValueError, match=f"values for {len(runs)} runs"):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_pfl.core import cohort
+from fedjax_pfl.core import backend
 from fedjax_pfl.models import get_model
 from tests.helpers import make_sim, run_rounds, tiny_image_data, tiny_resnet
 
@@ -58,8 +58,8 @@ def test_resnet_local_training_updates_running_statistics():
 
 
 @pytest.mark.parametrize("execution", [
-    cohort.Execution(parallelism="vmap", step_loop="scan"),
-    cohort.Execution(parallelism="vmap", step_loop="python", chunk_size=4)])
+    backend.Execution(parallelism="vmap", step_loop="scan"),
+    backend.Execution(parallelism="vmap", step_loop="python", chunk_size=4)])
 def test_batch_statistics_per_client_under_vmap(execution):
   data = tiny_image_data()
   ref_sim, p0 = make_sim("local", data=data, model=tiny_resnet(), participation=1.0, epochs=1)

@@ -1,0 +1,368 @@
+"""``Simulation``: an algorithm, a model and resident data run by a backend.
+
+A thin facade over the pure round (:mod:`fedjax_pfl.core.rounds`), the
+backends that map clients (:mod:`fedjax_pfl.core.backend`) and evaluation
+(:mod:`fedjax_pfl.core.evaluation`):
+
+1. sample the cohort (uniform without replacement, key = (seed, round), or a
+   fixed stream table);
+2. map ``broadcast -> local_train -> finalize`` over the cohort (backend);
+3. write the new client states, ``aggregate`` with train-set-size weights.
+
+With vmap + scan a round is one compiled program and :meth:`run_rounds` puts
+many rounds into one ``lax.scan``; :meth:`run_rounds_batch` vmaps that loop
+over S runs that differ in seed and float hyperparameters (learning rate,
+FedOBP's quantile), rebuilding the algorithm from each run's traced values.
+"""
+
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_pfl.core import backend as backend_lib
+from fedjax_pfl.core import evaluation, rng, rounds
+from fedjax_pfl.core.algorithm import Algorithm
+from fedjax_pfl.core.rounds import SimState
+from fedjax_pfl.types import Metrics, PyTree
+
+
+class Simulation:
+  """Runs an algorithm over resident federated data (see module docstring).
+
+  Args:
+    algorithm: the algorithm's slots.
+    apply_fn: ``(params, x [B, ...]) -> logits [B, K]`` for evaluation.
+    data: host-side federated data (``fedjax_pfl.data.FederatedData``).
+    seed: root seed of all keys (init, sampling, training, algorithm).
+    participation: fraction ``rho`` in (0, 1] of clients per round.
+    execution: how clients run (``backend.Execution``).
+    eval_batch_size: test examples per forward pass (capped at the widest
+      client test set).
+    finetune: optional ``LocalProgram`` for :meth:`evaluate_finetuned`.
+    donate: if True (default), rounds donate the stacked client state of their
+      input, which is updated in place (the input ``SimState.clients`` is then
+      invalid; keep a copy or pass False to reuse old states).
+    data_placement: ``"replicated"`` or ``"by_client"`` (``Backend.put_data``).
+    rebuild: optional ``hparams -> Algorithm``: the same algorithm with some
+      float hyperparameters replaced (``{"train.lr": 0.05, "algo.quantile":
+      0.99}``; values may be tracers), for :meth:`run_rounds_batch`;
+      ``rebuild({})`` must equal ``algorithm``. Evaluation applies the base
+      algorithm's ``eval_apply``.
+    cohort_table: optional ``[R, C]`` int cohort ids per round (a reference
+      protocol's client stream); round ``t`` uses row ``min(t, R - 1)``.
+
+  Raises:
+    ValueError: an unknown ``data_placement``, ``eval_batch_size < 1``, an
+      invalid execution, or a ``cohort_table`` whose ids are out of range.
+  """
+
+  def __init__(self, algorithm: Algorithm, apply_fn: Callable[..., jax.Array], data: Any, *,
+               seed: int, participation: float, execution: backend_lib.Execution,
+               eval_batch_size: int = 256, finetune: Any = None, donate: bool = True,
+               data_placement: str = "replicated",
+               rebuild: Callable[[Mapping[str, Any]], Algorithm] | None = None,
+               cohort_table: np.ndarray | None = None):
+    if int(eval_batch_size) < 1:
+      raise ValueError(f"eval_batch_size={eval_batch_size}; allowed: >= 1")
+    self.algorithm = algorithm
+    self.rebuild = rebuild
+    self.apply_fn = algorithm.eval_apply or apply_fn
+    self.num_clients = int(data.train_idx.shape[0])
+    self.train_counts = np.asarray(data.train_counts)
+    self.test_counts = np.asarray(data.test_counts)
+    self.backend = backend_lib.make_backend(execution, self.num_clients)
+    self.data = self.backend.put_data(data.x, data.y, data.train_idx, data.train_counts,
+                                      data.test_idx, data.test_counts, placement=data_placement)
+    if cohort_table is not None:
+      cohort_table = np.asarray(cohort_table, np.int32)
+      if cohort_table.ndim != 2 or cohort_table.min() < 0 or cohort_table.max() >= self.num_clients:
+        raise ValueError(f"cohort_table: shape {cohort_table.shape}, ids must be in "
+                         f"0..{self.num_clients - 1}")
+      self.cohort_size = int(cohort_table.shape[1])
+    else:
+      self.cohort_size = rounds.cohort_size(self.num_clients, participation)
+    self.plan = rounds.CohortPlan(self.num_clients, self.cohort_size,
+                                  self.backend.padded_size(self.cohort_size),
+                                  None if cohort_table is None else rounds.CohortTable(cohort_table))
+    # No batch larger than the widest client test set: padding rows cost a full
+    # forward pass each (50 test examples in batches of 256 = 5x work).
+    self.eval_batch_size = max(1, min(int(eval_batch_size), int(data.test_idx.shape[1])))
+    root = rng.root_key(seed)
+    self.keys = rounds.run_keys(seed)
+    self.init_key = rng.stream_key(root, "init")
+    self.algorithm_init_key = rng.stream_key(root, "algorithm_init")
+    self.sample_key, self.train_key = self.keys.sample, self.keys.train
+    self.eval_key = rng.stream_key(root, "eval")
+    self.task = rounds.client_task(algorithm)
+    self.finetune = finetune
+    self._ft_task = None if finetune is None else evaluation.finetune_task(algorithm, finetune)
+    self._donated = (1,) if donate else ()
+    self._sample = jax.jit(rounds.cohort_ids, static_argnums=0)
+    self._shared = jax.jit(rounds.round_shared)
+    self._batch_fn = functools.partial(evaluation.batch_sums, self.apply_fn, self.eval_batch_size)
+
+  # -- state ---------------------------------------------------------------------
+  def init(self, params: PyTree) -> SimState:
+    """Initial state from the initial model ``params`` (theta^0)."""
+    server, clients = self.algorithm.init(params, self.num_clients, key=self.algorithm_init_key)
+    return self.place(SimState(server, clients, 0))
+
+  def place(self, state: SimState) -> SimState:
+    """Puts a state on the mesh (server replicated, clients split); identity
+    without a mesh. Used for initial and restored states."""
+    return SimState(*self.backend.place_state(state.server, state.clients), state.round)
+
+  def cohort(self, round_idx: int) -> np.ndarray:
+    """Sorted client ids of round ``round_idx`` (host numpy, ``[C]``)."""
+    return np.asarray(self._sample(self.plan, self.sample_key, round_idx))
+
+  # -- rounds --------------------------------------------------------------------
+  def _finish(self, server, clients, outputs, ids, valid, round_idx):
+    return rounds.finish_round(self.algorithm, server, clients, outputs, ids, valid,
+                               self.data.train_counts, round_idx, self.keys)
+
+  def _round(self, server, clients, data, ids, valid, round_idx):
+    return rounds.round_fn(self.algorithm, self.task, self.backend.map_cohort, server, clients,
+                           data, ids, valid, round_idx, self.keys)
+
+  def run_round(self, state: SimState) -> tuple[SimState, Metrics]:
+    """One round; returns the new state and host-side scalar metrics.
+
+    With ``donate=True`` (the default) ``state.clients`` is consumed."""
+    ids, valid = self.backend.pad_cohort(self.cohort(state.round))
+    b = self.backend
+    if b.fused:
+      prog = b.jit(self._round, donate=self._donated, state_outputs=True)
+      ids_, valid_, r = b.put((ids, valid, np.int32(state.round)))
+      server, clients, metrics = prog(state.server, state.clients, self.data, ids_, valid_, r)
+    else:
+      shared = self._shared(state.server, self.keys, state.round)
+      counts = self.train_counts[np.minimum(ids, self.num_clients - 1)]
+      outputs = b.map_cohort(self.task, shared, state.clients, self.data, ids, counts)
+      finish = b.jit(self._finish, donate=self._donated)
+      server, clients, metrics = finish(state.server, state.clients, outputs, ids, valid,
+                                        np.int32(state.round))
+    metrics = {k: float(v) for k, v in metrics.items()}
+    return SimState(server, clients, state.round + 1), metrics
+
+  def compile_round(self, state: SimState) -> dict[str, float]:
+    """AOT-compiles every program :meth:`run_round` runs from ``state`` and
+    installs it, so that rounds then run without compiling (all cohorts have
+    the same padded size: one compile serves every round). For separating
+    compile time from steady state in benchmarks.
+
+    Returns:
+      ``{program: compile seconds, ..., "total": seconds}``.
+    """
+    import time
+    ids, valid = self.backend.pad_cohort(self.cohort(state.round))
+    r = np.int32(state.round)
+    if self.backend.fused:
+      opts = {"donate": self._donated, "state_outputs": True}
+      start = time.perf_counter()
+      compiled = self.backend.jit(self._round, **opts).lower(
+          state.server, state.clients, self.data, *self.backend.put((ids, valid, r))).compile()
+      secs = {"round": time.perf_counter() - start}
+      self.backend.install(self._round, compiled, **opts)
+    else:
+      shared = self._shared(state.server, self.keys, state.round)
+      secs, outputs = self.backend.compile_task(self.task, shared, state.clients, self.data, ids)
+      start = time.perf_counter()
+      compiled = self.backend.jit(self._finish, donate=self._donated).lower(
+          state.server, state.clients, outputs, ids, valid, r).compile()
+      secs["aggregate_scatter"] = time.perf_counter() - start
+      self.backend.install(self._finish, compiled, donate=self._donated)
+    secs["total"] = sum(secs.values())
+    return secs
+
+  def lower_round(self, state: SimState):
+    """The lowered (not yet compiled) program of one round of ``state`` on the
+    compiled backend (``.compile()``, ``.cost_analysis()``), for benchmarks.
+
+    Raises:
+      ValueError: on the host backend (its round is several programs).
+    """
+    if not self.backend.fused:
+      raise ValueError("lower_round needs the compiled backend (vmap + scan)")
+    ids, valid = self.backend.pad_cohort(self.cohort(state.round))
+    prog = self.backend.jit(self._round, donate=self._donated, state_outputs=True)
+    return prog.lower(state.server, state.clients, self.data,
+                      *self.backend.put((ids, valid, np.int32(state.round))))
+
+  def _rounds(self, server, clients, data, first_round, keys, num_rounds: int):
+    return rounds.rounds_fn(self.algorithm, self.task, self.backend.map_cohort, self.plan,
+                            server, clients, data, first_round, keys, num_rounds)
+
+  def run_rounds(self, state: SimState, num_rounds: int) -> tuple[SimState, list[Metrics]]:
+    """``num_rounds`` rounds; returns the new state and one metrics dict per round.
+
+    On the compiled backend all rounds are ONE program (a ``lax.scan`` over
+    rounds that samples each cohort on device); the host syncs once at the end
+    and one program is compiled per distinct ``num_rounds``. Otherwise this
+    loops :meth:`run_round`. Results equal ``num_rounds`` calls of
+    :meth:`run_round` (float reductions may differ in the last bits).
+
+    Raises:
+      ValueError: if ``num_rounds < 1``.
+    """
+    rounds.check_num_rounds(num_rounds)
+    if not self.backend.fused:
+      records = []
+      for _ in range(num_rounds):
+        state, metrics = self.run_round(state)
+        records.append(metrics)
+      return state, records
+    prog = self.backend.jit(self._rounds, donate=self._donated, static=(5,), state_outputs=True)
+    first = self.backend.put(jnp.int32(state.round))
+    server, clients, stacked = prog(state.server, state.clients, self.data, first, self.keys,
+                                    num_rounds)
+    return SimState(server, clients, state.round + num_rounds), rounds.per_round(stacked)
+
+  # -- several runs (seeds, hyperparameters) in one program ----------------------
+  def _check_batching(self) -> None:
+    if not self.backend.supports_run_batching:
+      raise ValueError("batching runs (seeds, hyperparameters) needs system.parallelism=vmap, "
+                       "system.step_loop=scan and one device (system.num_devices=1)")
+
+  def _algorithm_for(self, hparams: Mapping[str, Any]) -> Algorithm:
+    if not hparams:
+      return self.algorithm
+    if self.rebuild is None:
+      raise ValueError(f"hyperparameters {sorted(hparams)} can only be batched with "
+                       "Simulation(rebuild=...)")
+    return self.rebuild(dict(hparams))
+
+  @staticmethod
+  def _stacked_hparams(hparams, num_runs: int) -> dict[str, jax.Array]:
+    hparams = dict(hparams or {})
+    for name, values in hparams.items():
+      if len(values) != num_runs:
+        raise ValueError(f"hparams[{name!r}] has {len(values)} values for {num_runs} runs")
+    return {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in hparams.items()}
+
+  def init_batch(self, params_per_run: Sequence[PyTree],
+                 hparams: Mapping[str, Sequence[float]] | None = None,
+                 seeds: Sequence[int] | None = None) -> SimState:
+    """Stacked initial state ``[S, ...]`` of S runs: one initial model per run
+    and, optionally, per-run values of float hyperparameters (``hparams``:
+    ``{name: S values}``) and seeds (for the algorithms' init keys; default:
+    this simulation's seed for every run)."""
+    self._check_batching()
+    hparams = dict(hparams or {})
+    self._stacked_hparams(hparams, len(params_per_run))
+    init_keys = ([self.algorithm_init_key] * len(params_per_run) if seeds is None else
+                 [rng.stream_key(rng.root_key(int(s)), "algorithm_init") for s in seeds])
+    states = [self._algorithm_for({k: float(v[i]) for k, v in hparams.items()})
+              .init(p, self.num_clients, key=init_keys[i]) for i, p in enumerate(params_per_run)]
+    server = jax.tree.map(lambda *xs: jnp.stack(xs), *[s[0] for s in states])
+    clients = jax.tree.map(lambda *xs: jnp.stack(xs), *[s[1] for s in states])
+    return SimState(server, clients, 0)
+
+  def _rounds_batch(self, server, clients, data, first_round, keys, num_rounds: int, hparams):
+    def one_run(s, c, k, hp):
+      alg = self._algorithm_for(hp)  # built inside the trace from this run's values
+      task = self.task if alg is self.algorithm else rounds.client_task(alg)
+      return rounds.rounds_fn(alg, task, self.backend.map_cohort, self.plan, s, c, data,
+                              first_round, k, num_rounds)
+    return self.backend.vmap_runs(one_run)(server, clients, keys, hparams)
+
+  def run_rounds_batch(self, state: SimState, seeds: Sequence[int], num_rounds: int,
+                       hparams: Mapping[str, Sequence[float]] | None = None,
+                       ) -> tuple[SimState, list[list[Metrics]]]:
+    """S runs as ONE program: ``jax.vmap`` over the runs of :meth:`run_rounds`'
+    compiled loop (state stacked ``[S, ...]`` from :meth:`init_batch`). Run
+    ``s`` has seed ``seeds[s]`` and, for each ``name`` in ``hparams``, the
+    value ``hparams[name][s]``; it gets exactly the keys, cohorts and results
+    of a ``Simulation`` built with that seed and those values (float reductions
+    aside). Each distinct set of ``hparams`` names compiles one program.
+
+    Returns:
+      The new stacked state and, per run, one metrics dict per round.
+
+    Raises:
+      ValueError: without vmap + scan on one device, ``num_rounds < 1``,
+        ``hparams`` without ``rebuild``, or value lists not of length S.
+    """
+    self._check_batching()
+    rounds.check_num_rounds(num_rounds)
+    stacked_hp = self._stacked_hparams(hparams, len(seeds))
+    keys = rounds.RunKeys(*(jnp.stack(k) for k in zip(*(rounds.run_keys(int(s))
+                                                        for s in seeds))))
+    prog = self.backend.jit(self._rounds_batch, donate=self._donated, static=(5,))
+    server, clients, stacked = prog(state.server, state.clients, self.data,
+                                    jnp.int32(state.round), keys, num_rounds, stacked_hp)
+    records = [rounds.per_round(jax.tree.map(lambda v: v[i], stacked))  # [S, R] -> run i
+               for i in range(len(seeds))]
+    return SimState(server, clients, state.round + num_rounds), records
+
+  def _eval_batch(self, server, clients, data, hparams):
+    def one_run(sv, cl, hp):
+      return self._evaluate_traced(sv, cl, data, self._algorithm_for(hp).personalize)
+    return self.backend.vmap_runs(one_run)(server, clients, hparams)
+
+  def evaluate_batch(self, state: SimState,
+                     hparams: Mapping[str, Sequence[float]] | None = None) -> list[Metrics]:
+    """:meth:`evaluate` of each run of a stacked ``[S, ...]`` state, in one
+    program (``hparams`` as given to :meth:`run_rounds_batch`)."""
+    self._check_batching()
+    num_runs = int(jax.tree.leaves((state.server, state.clients))[0].shape[0])
+    stacked_hp = self._stacked_hparams(hparams, num_runs)
+    sums = np.asarray(self.backend.jit(self._eval_batch)(state.server, state.clients,
+                                                         self.data, stacked_hp))
+    return [evaluation.summarize_eval(s[:, 0], s[:, 1], self.test_counts)
+            for s in sums]  # [S, N, 2]
+
+  def unstack_run(self, state: SimState, index: int) -> SimState:
+    """Run ``index`` of a stacked state, as a plain single-run ``SimState``."""
+    take = lambda a: a[index]
+    return SimState(jax.tree.map(take, state.server), jax.tree.map(take, state.clients),
+                    state.round)
+
+  # -- evaluation ----------------------------------------------------------------
+  def _evaluate_traced(self, server, clients, data, prepare):
+    num_batches = -(-data.test_idx.shape[1] // self.eval_batch_size)
+    one = functools.partial(evaluation.client_sums, self._batch_fn, num_batches, prepare)
+    ids = jnp.arange(self.num_clients, dtype=jnp.int32)
+    return self.backend.map_clients(one, server, clients, data, ids)
+
+  def _evaluate_with(self, prepare, shared, stacked) -> Metrics:
+    sums = self.backend.evaluate_sums(prepare, self._batch_fn, shared, stacked, self.data,
+                                      self.test_counts, self.eval_batch_size,
+                                      self._evaluate_traced)
+    return evaluation.summarize_eval(sums[:, 0], sums[:, 1], self.test_counts)
+
+  def evaluate(self, state: SimState) -> Metrics:
+    """Evaluates every client with ``personalize``: pooled (sample-weighted)
+    accuracy, unweighted client-mean accuracy, pooled loss, per-client lists
+    (:func:`~fedjax_pfl.core.evaluation.summarize_eval`)."""
+    return self._evaluate_with(self.algorithm.personalize, state.server, state.clients)
+
+  def _finetune_all(self, server, clients, data, ids, key):
+    return self.backend.map_cohort(self._ft_task, (server, key), clients, data, ids)
+
+  def evaluate_finetuned(self, state: SimState) -> Metrics:
+    """FL-bench's "after fine-tuning" numbers: every client trains its
+    personalized model for ``finetune`` epochs on its own train set (keys from
+    the ``eval`` stream, (seed, round, client id)), then is evaluated. The
+    state is not changed.
+
+    Raises:
+      ValueError: without a ``finetune`` program.
+    """
+    if self.finetune is None:
+      raise ValueError("evaluate_finetuned needs Simulation(finetune=...)")
+    ids, _ = self.backend.pad_cohort(np.arange(self.num_clients))
+    key = jax.random.fold_in(self.eval_key, state.round)
+    if self.backend.fused:
+      tuned = self.backend.jit(self._finetune_all)(state.server, state.clients, self.data,
+                                                   *self.backend.put((ids, key)))
+    else:
+      counts = self.train_counts[np.minimum(ids, self.num_clients - 1)]
+      tuned = self.backend.map_cohort(self._ft_task, (state.server, key), state.clients,
+                                      self.data, ids, counts)
+    tuned = jax.tree.map(lambda a: a[:self.num_clients], tuned)
+    return self._evaluate_with(evaluation.own_params, (), tuned)
+
