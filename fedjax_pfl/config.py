@@ -68,7 +68,8 @@ class TrainConfig:
   ``client_stream``: how each round's cohort is drawn, ``"uniform"`` (default;
   from the run's key) or ``"flbench"`` (FL-bench's stream, drawn up front with
   Python's ``random`` seeded by ``train.seed``:
-  :func:`fedjax_pfl.data.streams.flbench_client_stream`)."""
+  :func:`fedjax_pfl.data.streams.flbench_client_stream`). Not yet read by
+  the round engine (``core/``), which draws uniform cohorts either way."""
   rounds: int = 100
   participation: float = 0.1
   local_epochs: int = 5
