@@ -280,7 +280,8 @@ def from_dict(d: dict[str, Any]) -> ExperimentConfig:
   name = algorithms.canonical_name(d["algorithm"])
   algo_cls = algorithms.REGISTRY[name].config_cls
   return ExperimentConfig(
-      algorithm=name, protocol=d.get("protocol", "none"), data=DataConfig(**d["data"]), model=ModelConfig(**d["model"]),
+      algorithm=name, protocol=d.get("protocol", "none"), data=DataConfig(**d["data"]),
+      model=ModelConfig(**d["model"]),
       train=TrainConfig(**d["train"]), system=SystemConfig(**d["system"]),
       algo=algo_cls(**(d.get("algo") or {})))
 

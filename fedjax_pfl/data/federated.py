@@ -252,7 +252,8 @@ def load_federated(
       ``"shard"``, ``"fling"``, ``"flbench"``). ``"flbench"`` is FL-bench's
       split bit for bit (numpy's legacy ``RandomState(seed)``; same
       ``alpha``, ``min_samples_per_client``, ``max_retries``, ``test_ratio``
-      meaning as ``"dirichlet"``, which draws from ``default_rng(seed)``). ``"fling"`` ignores ``test_ratio``,
+      meaning as ``"dirichlet"``, which draws from ``default_rng(seed)``).
+      ``"fling"`` ignores ``test_ratio``,
       ``min_samples_per_client`` and ``max_retries``: it draws
       ``train_per_client`` train examples per client from the official train
       split and ``test_per_client`` from the official test split with

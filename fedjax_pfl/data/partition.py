@@ -2,8 +2,9 @@
 
 Every function takes an explicit ``np.random.Generator`` (``rng``) or a seed
 for its own generator and never touches numpy's global RNG, so the same
-generator state always gives the same partition. Client index lists are 1-D int64 arrays into the labels/examples
-they were computed from; together they use every index exactly once.
+generator state always gives the same partition. Client index lists are 1-D
+int64 arrays into the labels/examples they were computed from; together they
+use every index exactly once.
 """
 
 from __future__ import annotations
