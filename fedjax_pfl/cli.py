@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from fedjax_pfl import algorithms
+from fedjax_pfl import algorithms, protocols
 from fedjax_pfl import config as config_lib
 
 # flag -> (section, field)
@@ -38,6 +38,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None)
   for flag, typ in _FEDOBP_FLAGS.items():
     p.add_argument("--" + flag, dest=flag, type=typ, default=None, help="FedOBP only")
+  p.add_argument("--protocol", default=None, choices=["none", *protocols.PROTOCOLS],
+                 help="reference protocol preset (fedjax_pfl/protocols.py); flags win over it")
   p.add_argument("--strategy", default=None, choices=["auto", "vmap", "sequential"],
                  help="client parallelism (default: measured per backend)")
   p.add_argument("--set", dest="overrides", action="append", default=[],
@@ -55,7 +57,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace, algorithm: str) -> config_lib.ExperimentConfig:
   """Config from defaults, the named flags, then ``--set`` overrides."""
-  config = config_lib.ExperimentConfig(algorithm=algorithm)
+  config = protocols.apply_protocol(config_lib.ExperimentConfig(algorithm=algorithm),
+                                    getattr(args, "protocol", None))
   sections: dict[str, dict] = {}
   for flag, (section, field, _) in _FLAGS.items():
     value = getattr(args, flag)

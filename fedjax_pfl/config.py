@@ -19,7 +19,14 @@ class DataConfig:
   """Dataset and partition (FL-bench Dirichlet procedure by default;
   ``partition="fling"`` is FedCAC/FedPURIN's: per-client class mixes from
   Dir(alpha), ``train_per_client`` / ``test_per_client`` samples drawn from the
-  official train / test splits)."""
+  official train / test splits; ``partition="flbench"`` is FL-bench's split bit
+  for bit, with numpy's legacy ``RandomState(seed)``).
+
+  ``seed`` is the partition seed, independent of ``train.seed`` (FL-bench and
+  the FedOBP configs: 42). ``normalization``: ``"train_stats"`` (default;
+  train-split mean and std), ``"flbench"`` (FL-bench's fixed per-dataset
+  constants) or ``"none"`` (raw ``[0, 1]`` pixels, Fling's inputs); see
+  :mod:`fedjax_pfl.data.sources`."""
   dataset: str = "digits"
   data_dir: str | None = None
   source: str = "auto"
@@ -34,6 +41,7 @@ class DataConfig:
   max_examples: int | None = None
   train_per_client: int = 500
   test_per_client: int = 100
+  normalization: str = "train_stats"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,14 +51,25 @@ class ModelConfig:
 
   ``conv``: how convolutions run, ``auto`` (im2col + matmul on CPU, XLA's
   convolution elsewhere), ``xla`` or ``im2col`` (:mod:`fedjax_pfl.models.conv`);
-  same params and function, different speed."""
+  same params and function, different speed.
+
+  ``bn_running_var``: the batch variance in BatchNorm's running-variance
+  update, ``biased`` (flax, default) or ``unbiased`` (PyTorch, as Fling runs
+  it); only models with BatchNorm (``resnet8``, ``resnet10``) use it."""
   name: str = "auto"
   conv: str = "auto"
+  bn_running_var: str = "biased"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-  """Rounds, sampling and local SGD (defaults: the FedOBP logs' setup)."""
+  """Rounds, sampling and local SGD (defaults: the FedOBP logs' setup).
+
+  ``client_stream``: how each round's cohort is drawn, ``"uniform"`` (default;
+  from the run's key) or ``"flbench"`` (FL-bench's stream, drawn up front with
+  Python's ``random`` seeded by ``train.seed``:
+  :func:`fedjax_pfl.data.streams.flbench_client_stream`). Not yet read by
+  the round engine (``core/``), which draws uniform cohorts either way."""
   rounds: int = 100
   participation: float = 0.1
   local_epochs: int = 5
@@ -64,6 +83,7 @@ class TrainConfig:
   checkpoint_every: int = 10
   keep_checkpoints: int = 3
   finetune_epochs: int = 0
+  client_stream: str = "uniform"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -91,8 +111,12 @@ class SystemConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
-  """A whole run. ``algo`` is the algorithm's own config dataclass."""
+  """A whole run. ``algo`` is the algorithm's own config dataclass.
+  ``protocol`` names the reference protocol preset the run started from
+  (:mod:`fedjax_pfl.protocols`; ``"none"``: our defaults); fields set
+  explicitly after the preset win over it."""
   algorithm: str = "fedobp"
+  protocol: str = "none"
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
   train: TrainConfig = TrainConfig()
@@ -116,8 +140,18 @@ def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
 
 def validate(config: ExperimentConfig) -> ExperimentConfig:
   """Checks every field; returns ``config`` unchanged or raises ConfigError."""
-  from fedjax_pfl.data import KNOWN_DATASETS, PARTITIONS, SOURCES
+  from fedjax_pfl.data import (
+    CLIENT_STREAMS,
+    FLBENCH_STATS,
+    KNOWN_DATASETS,
+    NORMALIZATIONS,
+    PARTITIONS,
+    SOURCES,
+  )
+  from fedjax_pfl.protocols import PROTOCOLS
   d, t, s = config.data, config.train, config.system
+  _check(config.protocol in ("none", *PROTOCOLS), "protocol", config.protocol,
+         ", ".join(("none", *PROTOCOLS)))
   _check(d.dataset in KNOWN_DATASETS, "data.dataset", d.dataset, str(sorted(KNOWN_DATASETS)))
   _check(d.source in SOURCES, "data.source", d.source, ", ".join(SOURCES))
   _check(d.partition in PARTITIONS, "data.partition", d.partition, ", ".join(PARTITIONS))
@@ -132,12 +166,20 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
   _check(d.test_per_client >= 1, "data.test_per_client", d.test_per_client, ">= 1")
   _check(d.max_examples is None or d.max_examples >= d.num_clients, "data.max_examples",
          d.max_examples, f"None or >= data.num_clients ({d.num_clients})")
+  _check(d.normalization in NORMALIZATIONS, "data.normalization", d.normalization,
+         ", ".join(NORMALIZATIONS))
+  _check(d.normalization != "flbench" or d.dataset in FLBENCH_STATS, "data.normalization",
+         d.normalization, f"flbench only for {', '.join(FLBENCH_STATS)} (data.dataset="
+         f"{d.dataset!r}); train_stats or none otherwise")
   from fedjax_pfl.models import MODELS
   _check(config.model.name in ("auto", *MODELS), "model.name", config.model.name,
          str(["auto", *sorted(MODELS)]))
   from fedjax_pfl.models.conv import CONV_IMPLS
   _check(config.model.conv in CONV_IMPLS, "model.conv", config.model.conv,
          ", ".join(CONV_IMPLS))
+  from fedjax_pfl.models.resnet import BN_RUNNING_VARS
+  _check(config.model.bn_running_var in BN_RUNNING_VARS, "model.bn_running_var",
+         config.model.bn_running_var, ", ".join(BN_RUNNING_VARS))
   _check(t.rounds >= 1, "train.rounds", t.rounds, ">= 1")
   _check(0 < t.participation <= 1, "train.participation", t.participation, "(0, 1]")
   _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, ">= 1")
@@ -152,6 +194,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
   _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, ">= 1")
   _check(t.finetune_epochs >= 0, "train.finetune_epochs", t.finetune_epochs,
          ">= 0 (0: no evaluation after fine-tuning)")
+  _check(t.client_stream in CLIENT_STREAMS, "train.client_stream", t.client_stream,
+         ", ".join(CLIENT_STREAMS))
   _check(s.parallelism in ("auto", "vmap", "sequential"), "system.parallelism",
          s.parallelism, "auto, vmap, sequential")
   _check(s.step_loop in ("auto", "scan", "python"), "system.step_loop", s.step_loop,
@@ -220,6 +264,8 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
       path[0] = "algo"
     if path[0] == "algorithm" and len(path) == 1:
       raise ConfigError("--set algorithm=...: use --algorithm")
+    if path[0] == "protocol" and len(path) == 1:
+      raise ConfigError("--set protocol=...: use --protocol (it also sets the preset's fields)")
     config = _replace_path(config, path, value.strip(), item)
   return config
 
@@ -234,7 +280,8 @@ def from_dict(d: dict[str, Any]) -> ExperimentConfig:
   name = algorithms.canonical_name(d["algorithm"])
   algo_cls = algorithms.REGISTRY[name].config_cls
   return ExperimentConfig(
-      algorithm=name, data=DataConfig(**d["data"]), model=ModelConfig(**d["model"]),
+      algorithm=name, protocol=d.get("protocol", "none"), data=DataConfig(**d["data"]),
+      model=ModelConfig(**d["model"]),
       train=TrainConfig(**d["train"]), system=SystemConfig(**d["system"]),
       algo=algo_cls(**(d.get("algo") or {})))
 

@@ -44,7 +44,8 @@ def load_data(cfg: config_lib.DataConfig):
       num_clients=cfg.num_clients, alpha=cfg.alpha, shards_per_client=cfg.shards_per_client,
       min_samples_per_client=cfg.min_samples_per_client, max_retries=cfg.max_retries,
       test_ratio=cfg.test_ratio, seed=cfg.seed, max_examples=cfg.max_examples,
-      train_per_client=cfg.train_per_client, test_per_client=cfg.test_per_client)
+      train_per_client=cfg.train_per_client, test_per_client=cfg.test_per_client,
+      normalization=cfg.normalization)
 
 
 def initial_params(model, seed: int):
@@ -96,7 +97,7 @@ def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulat
   """
   t = config.train
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
-                    config.model.conv)
+                    config.model.conv, config.model.bn_running_var)
   params0 = initial_params(model, t.seed)
   build = algorithm_builder(config, model, params0, int(data.train_idx.shape[1]))
   alg, spec = build()
@@ -327,7 +328,7 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   data = load_data(config.data)
   sim, _ = build_simulation(config, data)
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
-                    config.model.conv)
+                    config.model.conv, config.model.bn_running_var)
   params = [initial_params(model, s) for s in seeds]
   writer = jax.process_index() == 0
   logs = [_RunLog(c, w, writer) for c, w in zip(configs, workdirs)]

@@ -20,23 +20,31 @@ from fedjax_pfl.data.idx import DataError, read_idx_images, read_idx_labels, wri
 from fedjax_pfl.data.partition import (
   PartitionError,
   dirichlet_partition,
+  flbench_dirichlet,
   iid_partition,
   shard_partition,
   split_train_test,
 )
 from fedjax_pfl.data.sources import (
   DEFAULT_IDX_DIRS,
+  FLBENCH_STATS,
   KNOWN_DATASETS,
+  NORMALIZATIONS,
   NUM_CLASSES,
   SOURCES,
   RawDataset,
   load_raw,
+  normalize,
   standardize,
 )
+from fedjax_pfl.data.streams import CLIENT_STREAMS, flbench_client_stream
 
 __all__ = [
+  "CLIENT_STREAMS",
   "DEFAULT_IDX_DIRS",
+  "FLBENCH_STATS",
   "KNOWN_DATASETS",
+  "NORMALIZATIONS",
   "NUM_CLASSES",
   "PARTITIONS",
   "SOURCES",
@@ -45,9 +53,12 @@ __all__ = [
   "PartitionError",
   "RawDataset",
   "dirichlet_partition",
+  "flbench_dirichlet",
+  "flbench_client_stream",
   "iid_partition",
   "load_federated",
   "load_raw",
+  "normalize",
   "pad_indices",
   "read_idx_images",
   "read_idx_labels",

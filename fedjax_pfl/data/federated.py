@@ -144,6 +144,16 @@ def _fling(y, is_official_test, opts, rng):
   return lists[0], lists[1]
 
 
+def _flbench(y, is_official_test, opts, rng):
+  """FL-bench's own Dirichlet split (``np.random.RandomState(seed)``, in-place
+  class shuffles, per-client split); see
+  :func:`~fedjax_pfl.data.partition.flbench_dirichlet`."""
+  del is_official_test, rng  # Pooled; FL-bench seeds its own legacy generator.
+  return partition_lib.flbench_dirichlet(
+    y, opts.num_clients, opts.alpha, seed=opts.seed, test_ratio=opts.test_ratio,
+    min_samples=opts.min_samples_per_client, max_retries=opts.max_retries)
+
+
 # Registry of partition strategies. Each sees the pooled labels and a mask of
 # which pooled examples came from the official test split ("fling" keeps the
 # official splits apart).
@@ -163,6 +173,7 @@ PARTITIONS: dict[str, PartitionFn] = {
     lambda y, o, rng: partition_lib.shard_partition(y, o.num_clients, o.shards_per_client, rng=rng)
   ),
   "fling": _fling,
+  "flbench": _flbench,
 }
 
 
@@ -223,26 +234,32 @@ def load_federated(
   download: bool = False,
   train_per_client: int = 500,
   test_per_client: int = 100,
+  normalization: str = "train_stats",
 ) -> FederatedData:
   """Loads a dataset and partitions it across clients (FL-bench protocol).
 
   Steps: :func:`~fedjax_pfl.data.sources.load_raw`; pool the official train
   and test splits (train first); optionally keep a random subset of
   ``max_examples`` pooled examples (seeded by ``seed``, original order kept);
-  partition with ``np.random.default_rng(seed)``; split each client's
+  partition with ``np.random.default_rng(seed)`` (``"flbench"``:
+  ``np.random.RandomState(seed)``); split each client's
   examples into local train/test with ``test_ratio``; pad the index rows.
 
   Args:
     dataset: one of ``KNOWN_DATASETS``.
     data_dir, source, download: passed to ``load_raw``.
     partition: a key of :data:`PARTITIONS` (``"dirichlet"``, ``"iid"``,
-      ``"shard"``, ``"fling"``). ``"fling"`` ignores ``test_ratio``,
+      ``"shard"``, ``"fling"``, ``"flbench"``). ``"flbench"`` is FL-bench's
+      split bit for bit (numpy's legacy ``RandomState(seed)``; same
+      ``alpha``, ``min_samples_per_client``, ``max_retries``, ``test_ratio``
+      meaning as ``"dirichlet"``, which draws from ``default_rng(seed)``).
+      ``"fling"`` ignores ``test_ratio``,
       ``min_samples_per_client`` and ``max_retries``: it draws
       ``train_per_client`` train examples per client from the official train
       split and ``test_per_client`` from the official test split with
       ``np.random.RandomState(seed)`` (clients may share examples).
     num_clients: ``N >= 1`` (and ``<=`` the number of examples).
-    alpha: Dirichlet concentration ``> 0`` (``"dirichlet"`` only).
+    alpha: Dirichlet concentration ``> 0`` (``"dirichlet"``, ``"flbench"``, ``"fling"``).
     shards_per_client: ``>= 1`` (``"shard"`` only).
     min_samples_per_client: ``>= 0`` (``"dirichlet"`` only).
     max_retries: ``>= 1`` Dirichlet attempts.
@@ -250,6 +267,8 @@ def load_federated(
     seed: ``>= 0``; same arguments and seed give identical results.
     max_examples: ``None`` or ``>= num_clients``; caps the pool size.
     train_per_client, test_per_client: ``>= 1`` (``"fling"`` only; 500, 100).
+    normalization: input scaling passed to ``load_raw`` (``"train_stats"``,
+      ``"flbench"`` or ``"none"``; see :mod:`fedjax_pfl.data.sources`).
 
   Returns:
     A :class:`FederatedData`.
@@ -271,7 +290,8 @@ def load_federated(
     seed=seed,
   )
   _validate(dataset, partition, opts, seed, max_examples)
-  raw = load_raw(dataset, data_dir=data_dir, source=source, download=download)
+  raw = load_raw(dataset, data_dir=data_dir, source=source, download=download,
+                 normalization=normalization)
   x = np.concatenate([raw.train_x, raw.test_x]) if raw.test_x.shape[0] else raw.train_x
   y = np.concatenate([raw.train_y, raw.test_y]).astype(np.int32)
   is_test = np.arange(y.size) >= raw.train_y.size

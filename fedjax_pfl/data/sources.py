@@ -1,4 +1,4 @@
-"""Raw (centralized) image classification datasets as standardized numpy arrays.
+"""Raw (centralized) image classification datasets as normalized numpy arrays.
 
 :func:`load_raw` returns a :class:`RawDataset` with the official train/test
 splits. Sources:
@@ -16,10 +16,18 @@ splits. Sources:
   the files are in ``data_dir`` (or the default dir), else tfds; others -> tfds.
 
 Preprocessing (identical for every source): pixels are scaled to ``[0, 1]``
-(divided by 255, or by 16 for digits), then standardized per channel with the
-mean and standard deviation computed on the **train split only**; the same
-statistics are applied to the test split. Channels with zero std are only
-centred. Output images are float32 ``[n, H, W, C]`` (C=1 for grayscale).
+(divided by 255, or by 16 for digits), then normalized per channel according
+to ``normalization`` (:data:`NORMALIZATIONS`):
+
+* ``"train_stats"`` (default): standardized with the mean and standard
+  deviation computed on the **train split only**; the same statistics are
+  applied to the test split. Channels with zero std are only centred.
+* ``"flbench"``: ``(x - mean) / std`` with FL-bench's fixed per-dataset
+  constants (:data:`FLBENCH_STATS`, FL-bench ``src/utils/constants.py``
+  ``DATA_MEAN`` / ``DATA_STD``; reference-protocols spec §1 "Input scaling").
+* ``"none"``: raw ``[0, 1]`` pixels, as Fling (FedCAC / FedPURIN) feeds them.
+
+Output images are float32 ``[n, H, W, C]`` (C=1 for grayscale).
 """
 
 from __future__ import annotations
@@ -37,9 +45,12 @@ __all__ = [
   "KNOWN_DATASETS",
   "NUM_CLASSES",
   "SOURCES",
+  "FLBENCH_STATS",
+  "NORMALIZATIONS",
   "DataError",
   "RawDataset",
   "load_raw",
+  "normalize",
   "resolve_source",
   "standardize",
 ]
@@ -50,6 +61,18 @@ NUM_CLASSES: dict[str, int] = {
   **{k: v[0] for k, v in tfds_source.TFDS_DATASETS.items()},
 }
 SOURCES: tuple[str, ...] = ("auto", "sklearn", "idx", "tfds")
+NORMALIZATIONS: tuple[str, ...] = ("train_stats", "flbench", "none")
+
+# FL-bench's fixed per-channel (mean, std) of [0, 1] pixels, by our dataset
+# names (FL-bench: mnist, fmnist, emnist, cifar10, cifar100, svhn).
+FLBENCH_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+  "mnist": ((0.1307,), (0.3015,)),
+  "fashion_mnist": ((0.286,), (0.3205,)),
+  "emnist/byclass": ((0.1736,), (0.3248,)),
+  "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.201)),
+  "cifar100": ((0.5071, 0.4865, 0.4409), (0.2009, 0.1984, 0.2023)),
+  "svhn_cropped": ((0.4377, 0.4438, 0.4728), (0.1201, 0.1231, 0.1052)),
+}
 
 # Where `source="idx"` looks when no data_dir is given.
 DEFAULT_IDX_DIRS: dict[str, str] = {
@@ -70,7 +93,7 @@ class RawDataset(NamedTuple):
   """A centralized dataset with its official train/test split.
 
   Attributes:
-    train_x: ``[n_train, H, W, C]`` float32, standardized (see module doc).
+    train_x: ``[n_train, H, W, C]`` float32, normalized (see module doc).
     train_y: ``[n_train]`` int32 in ``[0, num_classes)``.
     test_x: ``[n_test, H, W, C]`` float32; ``n_test`` may be 0 (digits).
     test_y: ``[n_test]`` int32.
@@ -133,6 +156,46 @@ def standardize(
   return out[0], out[1]
 
 
+def normalize(
+  train_x: np.ndarray, test_x: np.ndarray, scale: float, normalization: str = "train_stats",
+  name: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
+  """Scales raw pixels to ``[0, 1]`` and normalizes them per channel.
+
+  Args:
+    train_x: ``[n, H, W, C]`` raw pixels, ``n >= 1``.
+    test_x: ``[m, H, W, C]`` raw pixels, ``m >= 0``.
+    scale: maximum raw pixel value (255, or 16 for digits).
+    normalization: ``"train_stats"`` (:func:`standardize`), ``"flbench"``
+      (FL-bench's fixed constants of dataset ``name``, :data:`FLBENCH_STATS`)
+      or ``"none"`` (``x / scale``, Fling's raw ``[0, 1]`` inputs).
+    name: the dataset (needed for ``"flbench"``).
+
+  Returns:
+    ``(train, test)`` float32 arrays of the same shapes.
+
+  Raises:
+    DataError: unknown ``normalization``, no FL-bench constants for ``name``,
+      a channel count that differs from the constants', or the errors of
+      :func:`standardize`.
+  """
+  if normalization not in NORMALIZATIONS:
+    raise DataError(f"data.normalization={normalization!r}; allowed: {', '.join(NORMALIZATIONS)}")
+  if normalization == "train_stats":
+    return standardize(train_x, test_x, scale)
+  if normalization == "flbench" and name not in FLBENCH_STATS:
+    raise DataError(f"data.normalization='flbench' has no constants for dataset {name!r}; "
+                    f"allowed: {', '.join(FLBENCH_STATS)}")
+  out = [a.astype(np.float32) / np.float32(scale) for a in (train_x, test_x)]
+  if normalization == "flbench":
+    mean, std = (np.asarray(v, np.float32) for v in FLBENCH_STATS[name])
+    if train_x.shape[-1] != mean.size:
+      raise DataError(f"{name!r} images have {train_x.shape[-1]} channels but FL-bench's "
+                      f"constants have {mean.size}")
+    out = [(a - mean) / std for a in out]
+  return out[0], out[1]
+
+
 def _idx_dir(name: str, data_dir: str | None) -> str:
   return data_dir if data_dir is not None else DEFAULT_IDX_DIRS[name]
 
@@ -191,9 +254,10 @@ def _load_idx(name: str, data_dir: str | None):
 
 
 def load_raw(
-  name: str, *, data_dir: str | None = None, source: str = "auto", download: bool = False
+  name: str, *, data_dir: str | None = None, source: str = "auto", download: bool = False,
+  normalization: str = "train_stats",
 ) -> RawDataset:
-  """Loads a dataset's official train/test split, scaled and standardized.
+  """Loads a dataset's official train/test split, scaled and normalized.
 
   Args:
     name: one of :data:`KNOWN_DATASETS`.
@@ -201,16 +265,20 @@ def load_raw(
       :data:`DEFAULT_IDX_DIRS`); for ``tfds`` the TFDS data dir. Ignored for digits.
     source: ``"auto"``, ``"sklearn"``, ``"idx"`` or ``"tfds"`` (see module doc).
     download: with ``tfds``, allow TFDS to download missing data (needs network).
+    normalization: one of :data:`NORMALIZATIONS` (module doc; default: train
+      statistics).
 
   Returns:
-    A :class:`RawDataset`; images ``[n, H, W, C]`` float32 standardized with
-    train statistics, labels int32.
+    A :class:`RawDataset`; images ``[n, H, W, C]`` float32 normalized as
+    asked, labels int32.
 
   Raises:
     DataError: unknown name/source, missing or malformed files (the message
       names the path and how to fix it), or tensorflow_datasets not installed.
   """
   resolved = resolve_source(name, source, data_dir)
+  if normalization not in NORMALIZATIONS:
+    raise DataError(f"data.normalization={normalization!r}; allowed: {', '.join(NORMALIZATIONS)}")
   if resolved == "sklearn":
     tr_x, tr_y, te_x, te_y, scale = _load_digits()
   elif resolved == "idx":
@@ -226,7 +294,7 @@ def load_raw(
         ) from e
       raise
     scale = 255.0
-  train_x, test_x = standardize(tr_x, te_x, scale)
+  train_x, test_x = normalize(tr_x, te_x, scale, normalization, name)
   return RawDataset(
     train_x=train_x,
     train_y=np.asarray(tr_y, np.int32),

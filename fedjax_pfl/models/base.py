@@ -98,23 +98,25 @@ def from_flax_stateful(name: str, module, input_shape, num_classes) -> Model:
   return Model(name, init, apply, tuple(input_shape), int(num_classes), apply_train, template)
 
 
-def _cnn(input_shape, num_classes, conv):
+def _cnn(input_shape, num_classes, conv, bn_running_var):
+  del bn_running_var  # no BatchNorm
   from fedjax_pfl.models.cnn import FedAvgCNN
   return from_flax("cnn", FedAvgCNN(num_classes=num_classes, conv=conv), input_shape,
                    num_classes)
 
 
-def _mlp(input_shape, num_classes, conv):
-  del conv
+def _mlp(input_shape, num_classes, conv, bn_running_var):
+  del conv, bn_running_var
   from fedjax_pfl.models.mlp import MLP
   return from_flax("mlp", MLP(num_classes=num_classes), input_shape, num_classes)
 
 
 def _resnet(widths, name):
-  def build(input_shape, num_classes, conv):
+  def build(input_shape, num_classes, conv, bn_running_var):
     from fedjax_pfl.models.resnet import ResNet
-    return from_flax_stateful(name, ResNet(num_classes=num_classes, widths=widths, conv=conv),
-                              input_shape, num_classes)
+    net = ResNet(num_classes=num_classes, widths=widths, conv=conv,
+                 bn_running_var=bn_running_var)
+    return from_flax_stateful(name, net, input_shape, num_classes)
   return build
 
 
@@ -122,16 +124,23 @@ MODELS = {"cnn": _cnn, "mlp": _mlp, "resnet8": _resnet((64, 128, 256), "resnet8"
           "resnet10": _resnet((64, 128, 256, 512), "resnet10")}
 
 
-def get_model(name: str, input_shape, num_classes: int, conv: str = "auto") -> Model:
+def get_model(name: str, input_shape, num_classes: int, conv: str = "auto",
+              bn_running_var: str = "biased") -> Model:
   """Builds a registered model (``cnn``, ``mlp``, ``resnet8``, ``resnet10``);
   ``name="auto"`` picks ``mlp`` for inputs smaller than 16x16 (digits) and
   ``cnn`` (FedAvgCNN) otherwise. ``conv`` (``auto`` | ``xla`` | ``im2col``)
   picks how convolutions run (:mod:`fedjax_pfl.models.conv`); the params and
-  the function are the same.
+  the function are the same. ``bn_running_var`` (``biased`` | ``unbiased``):
+  the batch variance in BatchNorm's running update, flax's or PyTorch's
+  (:mod:`fedjax_pfl.models.resnet`); no effect on models without BatchNorm.
 
   Raises:
-    ValueError: unknown name or ``conv``, or an input too small for the CNN.
+    ValueError: unknown name, ``conv`` or ``bn_running_var``, or an input too
+      small for the CNN.
   """
+  from fedjax_pfl.models.resnet import BN_RUNNING_VARS
+  if bn_running_var not in BN_RUNNING_VARS:
+    raise ValueError(f"model.bn_running_var={bn_running_var!r}; allowed: {list(BN_RUNNING_VARS)}")
   conv = resolve_conv(conv)
   if name == "auto":
     name = "mlp" if min(input_shape[:2]) < 16 else "cnn"
@@ -139,7 +148,7 @@ def get_model(name: str, input_shape, num_classes: int, conv: str = "auto") -> M
     raise ValueError(f"model.name={name!r}; allowed: {['auto', *sorted(MODELS)]}")
   if name != "mlp" and min(input_shape[:2]) < 16:
     raise ValueError(f"model.name={name!r} needs inputs of at least 16x16, got {input_shape}")
-  return MODELS[name](tuple(input_shape), num_classes, conv)
+  return MODELS[name](tuple(input_shape), num_classes, conv, bn_running_var)
 
 
 def _path_str(path) -> str:
