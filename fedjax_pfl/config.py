@@ -68,8 +68,10 @@ class TrainConfig:
   ``client_stream``: how each round's cohort is drawn, ``"uniform"`` (default;
   from the run's key) or ``"flbench"`` (FL-bench's stream, drawn up front with
   Python's ``random`` seeded by ``train.seed``:
-  :func:`fedjax_pfl.data.streams.flbench_client_stream`). Not yet read by
-  the round engine (``core/``), which draws uniform cohorts either way."""
+  :func:`fedjax_pfl.data.streams.flbench_client_stream`), which the engine
+  reads as a fixed ``[rounds, C]`` table on every execution strategy (the
+  compiled multi-round loop included); runs with it are not batched over
+  seeds (each seed has its own stream)."""
   rounds: int = 100
   participation: float = 0.1
   local_epochs: int = 5

@@ -20,7 +20,7 @@ from fedjax_pfl.core import backend, rng
 from fedjax_pfl.core.local import LocalSpec, make_optimizer
 from fedjax_pfl.core.rounds import MIB
 from fedjax_pfl.core.simulation import Simulation
-from fedjax_pfl.data import load_federated
+from fedjax_pfl.data import flbench_client_stream, load_federated
 from fedjax_pfl.errors import ConfigError
 from fedjax_pfl.models import get_model
 
@@ -104,11 +104,15 @@ def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulat
   finetune = None
   if t.finetune_epochs and alg.eval_apply is None:
     finetune = spec.program(epochs=t.finetune_epochs)
+  table = None
+  if t.client_stream == "flbench":
+    table = flbench_client_stream(t.seed, int(data.train_idx.shape[0]), t.participation,
+                                  t.rounds)
   sim = Simulation(alg, model.apply, data, seed=t.seed, participation=t.participation,
                    execution=resolve_execution(config.system),
                    eval_batch_size=t.eval_batch_size, finetune=finetune,
                    data_placement=config.system.data_placement,
-                   rebuild=lambda hparams: build(hparams)[0])
+                   rebuild=lambda hparams: build(hparams)[0], cohort_table=table)
   return sim, params0
 
 
@@ -283,7 +287,7 @@ def batch_key(config: config_lib.ExperimentConfig):
   and no fine-tuning evaluation)."""
   ex = resolve_execution(config.system)
   if (not ex.supports_run_batching or config.train.finetune_epochs
-      or config.system.round_loop == "host"):
+      or config.system.round_loop == "host" or config.train.client_stream != "uniform"):
     return None
   algo = config.algo
   extra = algorithms.REGISTRY[config.algorithm].batchable

@@ -65,7 +65,7 @@ def tiny_image_data(num_clients=6, seed=0, hw=16):
 def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, participation=0.5,
              epochs=2, batch_size=4, lr=0.1, momentum=0.5, seed=0, model=None,
              finetune_epochs=0, donate=True, data_placement="replicated",
-             eval_batch_size=2):
+             eval_batch_size=2, cohort_table=None):
   data = data or tiny_data()
   model = model or tiny_model(data.num_classes)
   import jax
@@ -83,7 +83,7 @@ def make_sim(name="fedavg", algo_config=None, *, data=None, execution=None, part
   sim = Simulation(alg, model.apply, data, seed=seed, participation=participation,
                    execution=execution, eval_batch_size=eval_batch_size, finetune=finetune,
                    donate=donate, data_placement=data_placement,
-                   rebuild=lambda hp: build(hp)[0])
+                   rebuild=lambda hp: build(hp)[0], cohort_table=cohort_table)
   return sim, params0
 
 

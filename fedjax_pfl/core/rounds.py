@@ -180,8 +180,9 @@ class CohortTable:
 
 
 def cohort_ids(plan: CohortPlan, sample_key: jax.Array, round_idx) -> jax.Array:
-  """Sorted ``[C]`` ids of round ``round_idx`` (traceable): a row of the
-  plan's table, else uniform without replacement from ``fold_in(sample, t)``.
+  """Sorted ``[C]`` ids of round ``round_idx`` (traceable): row ``t`` of the
+  plan's table (clamped to its last row; the facade refuses rounds past it),
+  else uniform without replacement from ``fold_in(sample, t)``.
   The ids are sorted: results do not depend on cohort order."""
   if plan.table is not None:
     table = jnp.asarray(plan.table)

@@ -52,7 +52,8 @@ class Simulation:
       ``rebuild({})`` must equal ``algorithm``. Evaluation applies the base
       algorithm's ``eval_apply``.
     cohort_table: optional ``[R, C]`` int cohort ids per round (a reference
-      protocol's client stream); round ``t`` uses row ``min(t, R - 1)``.
+      protocol's client stream); round ``t`` uses row ``t``; running past
+      round ``R - 1`` raises.
 
   Raises:
     ValueError: an unknown ``data_placement``, ``eval_batch_size < 1``, an
@@ -116,8 +117,18 @@ class Simulation:
     return SimState(*self.backend.place_state(state.server, state.clients), state.round)
 
   def cohort(self, round_idx: int) -> np.ndarray:
-    """Sorted client ids of round ``round_idx`` (host numpy, ``[C]``)."""
+    """Sorted client ids of round ``round_idx`` (host numpy, ``[C]``).
+
+    Raises:
+      ValueError: past the last row of a ``cohort_table``.
+    """
+    self._check_table(round_idx + 1)
     return np.asarray(self._sample(self.plan, self.sample_key, round_idx))
+
+  def _check_table(self, end_round: int) -> None:
+    if self.plan.table is not None and end_round > self.plan.table.shape[0]:
+      raise ValueError(f"round {end_round - 1} is past the cohort table's "
+                       f"{self.plan.table.shape[0]} rounds (train.rounds)")
 
   # -- rounds --------------------------------------------------------------------
   def _finish(self, server, clients, outputs, ids, valid, round_idx):
@@ -215,6 +226,7 @@ class Simulation:
         state, metrics = self.run_round(state)
         records.append(metrics)
       return state, records
+    self._check_table(state.round + num_rounds)
     prog = self.backend.jit(self._rounds, donate=self._donated, static=(5,), state_outputs=True)
     first = self.backend.put(jnp.int32(state.round))
     server, clients, stacked = prog(state.server, state.clients, self.data, first, self.keys,

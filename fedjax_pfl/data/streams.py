@@ -1,7 +1,7 @@
 """Client streams of reference codes: which clients each round samples, drawn up front.
 
 Our default cohort sampling (``train.client_stream="uniform"``) derives each
-round's cohort from the run's JAX key (``core/cohort.py``). A reference stream
+round's cohort from the run's JAX key (``core/rounds.py``). A reference stream
 instead reproduces the exact client ids a reference code trained, so that every
 algorithm of a comparison sees the same, published stream.
 """

@@ -121,7 +121,7 @@ def test_server_step_matches_numpy(case, seed, rounds_done):
   r = rounds_done + 1
   want, sizes = np_server(uploads, masks, WEIGHTS, r, BETA)
   assert len(set(int(sum(m.sum() for m in mk.values())) for mk in masks)) > 1  # n_i differ
-  nxt = {p: np.asarray(server.next[p.split("/")[0]][p.split("/")[1]]) for p in SHAPES}
+  nxt = {p: np.asarray(clients.next[p.split("/")[0]][p.split("/")[1]]) for p in SHAPES}
   for i in range(len(WEIGHTS)):
     for p in SHAPES:
       if WEIGHTS[i] == 0:                                  # padding: row untouched (θ⁰)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from fedjax_pfl.algorithms.fedcac import FedCACConfig, fedcac
+from fedjax_pfl.core import cohort
+from fedjax_pfl.core.algorithm import ClientContext, ServerContext
 from fedjax_pfl.core.local import LocalSpec, make_optimizer
 from tests.algorithms.test_critical import ref_mask, ref_overlap
 from tests.helpers import make_sim, run_rounds, tiny_data
@@ -39,8 +41,15 @@ def stack(trees):
 
 
 def slot_round(alg, outputs, weights, *, params0=ZERO, rounds_done=0):
-  """init -> per client (broadcast, finalize) -> aggregate, without training;
-  one jitted program per algorithm (``rounds_done`` is traced)."""
+  """init -> per client (broadcast, finalize) -> the driver's write of the new
+  client states -> aggregate (with its contexts), without training; one jitted
+  program per algorithm (``rounds_done`` is traced). Every client is in the
+  cohort; a weight of 0 is a client without train data.
+
+  Returns:
+    ``(server, clients after aggregate's write-back, per-client metrics,
+    aggregate metrics)``.
+  """
   return _slot_program(alg)(outputs, jnp.asarray(weights), params0, jnp.int32(rounds_done))
 
 
@@ -50,16 +59,20 @@ _PROGRAMS = {}
 def _slot_program(alg):
   if id(alg) not in _PROGRAMS:
     def run(outputs, weights, params0, rounds_done):
-      server, clients = alg.init(params0, len(outputs))
-      server = server._replace(round=rounds_done) if hasattr(server, "round") else server
+      n = len(outputs)
+      server, clients = alg.init(params0, n, key=jax.random.key(0))
       ups, news, metrics = [], [], []
       for i, out in enumerate(outputs):
-        client = jax.tree.map(lambda a: a[i], clients)
-        _, extra = alg.broadcast(server, client)
-        up, new, m = alg.finalize(server, client, out, extra)
+        client = jax.tree.map(lambda a, i=i: a[i], clients)
+        ctx = ClientContext(rounds_done, jnp.int32(i), jax.random.key(i))
+        _, extra = alg.broadcast(server, client, ctx=ctx)
+        up, new, m = alg.finalize(server, client, out, extra, ctx=ctx)
         ups.append(up), news.append(new), metrics.append(m)
-      new_server, agg = alg.aggregate(server, stack(ups), weights)
-      return new_server, stack(news), metrics, agg
+      ids, valid = jnp.arange(n, dtype=jnp.int32), jnp.ones((n,), bool)
+      clients = cohort.scatter(clients, ids, stack(news), valid)
+      ctx = ServerContext(rounds_done, ids, valid, jax.random.key(n), clients)
+      out = alg.aggregate(server, stack(ups), weights, ctx=ctx)
+      return out[0], (out[2] if len(out) == 3 else clients), metrics, out[1]
     _PROGRAMS[id(alg)] = (alg, jax.jit(run))
   return _PROGRAMS[id(alg)][1]
 
@@ -96,10 +109,10 @@ def test_aggregation_matches_reference(rounds_done):
            for i in range(3)]
   xs = [np.concatenate([SCALE[i], W[i]]) for i in range(3)]
   want, sizes = ref_round(xs, masks, WEIGHTS, r, beta)
-  got = np.concatenate([np.asarray(server.next["bn"]["scale"]), np.asarray(server.next["w"])], 1)
+  got = np.concatenate([np.asarray(clients.next["bn"]["scale"]), np.asarray(clients.next["w"])], 1)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   assert float(agg["threshold"]) == pytest.approx(0.5 + r / 4)
-  np.testing.assert_array_equal(np.asarray(server.next["bn"]["mean"]), MEAN)  # own statistics
+  np.testing.assert_array_equal(np.asarray(clients.next["bn"]["mean"]), MEAN)  # own statistics
   np.testing.assert_array_equal(sizes, [1, 1, 0] if r <= beta else [0, 0, 0])
   assert float(agg["collaborators"]) == pytest.approx(2 / 3 if r <= beta else 0.0)
   assert float(agg["aggregation_round"]) == r
@@ -127,12 +140,12 @@ def test_aggregation_matches_reference(rounds_done):
 def test_tau_zero_merges_to_the_weighted_mean():
   """tau = 0 masks nothing: every row is FedAvg's weighted mean (fedavg_bn)."""
   alg = fedcac(FedCACConfig(tau=0.0), spec=hand_spec(), params=ZERO)
-  server, _, metrics, _ = slot_round(alg, [trained(i) for i in range(3)], WEIGHTS)
+  server, clients, metrics, _ = slot_round(alg, [trained(i) for i in range(3)], WEIGHTS)
   for leaf, values in (("w", W), ("scale", SCALE)):
-    table = server.next[leaf] if leaf == "w" else server.next["bn"][leaf]
+    table = clients.next[leaf] if leaf == "w" else clients.next["bn"][leaf]
     gbar = (WEIGHTS[:, None] * values).sum(0) / WEIGHTS.sum()
     np.testing.assert_allclose(np.asarray(table), np.stack([gbar] * 3), rtol=1e-6)
-  np.testing.assert_array_equal(np.asarray(server.next["bn"]["mean"]), MEAN)
+  np.testing.assert_array_equal(np.asarray(clients.next["bn"]["mean"]), MEAN)
   assert all(float(m["critical_fraction"]) == 0.0 for m in metrics)
 
 

@@ -49,14 +49,14 @@ def test_sparse_aggregation_hand_case():
   want = [[3.5, 3.5, 2.0, 2.0, 1.5, 0.0],     # m0 * (s0 + s1)/2 + (1 - m0) * gbar
           [3.5, 3.5, 2.0, 2.0, 1.5, 0.0],
           [1.75, 1.75, 2.0, 4.0, 3.0, 0.0]]   # m2 * s2 + (1 - m2) * gbar
-  np.testing.assert_allclose(np.asarray(server.next["w"]), want, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(clients.next["w"]), want, rtol=1e-6)
   assert float(agg["threshold"]) == pytest.approx(5 / 9 + 4 / 900, rel=1e-6)
   assert float(agg["overlap_avg"]) == pytest.approx(5 / 9, rel=1e-6)
   assert float(agg["collaborators"]) == pytest.approx(2 / 3)
   del gbar
   # BN parameters and statistics: each client's own post-training values.
-  np.testing.assert_array_equal(np.asarray(server.next["bn1"]["scale"]), BN)
-  np.testing.assert_array_equal(np.asarray(server.next["bn1"]["mean"]), BN * 10)
+  np.testing.assert_array_equal(np.asarray(clients.next["bn1"]["scale"]), BN)
+  np.testing.assert_array_equal(np.asarray(clients.next["bn1"]["mean"]), BN * 10)
   # Evaluated model: the client's sparsified post-training model (BN untouched).
   np.testing.assert_array_equal(np.asarray(clients.trained["w"][2]), [0, 0, 2, 4, 3, 0])
   client2 = jax.tree.map(lambda a: a[2], clients)
@@ -72,10 +72,10 @@ def test_sparse_aggregation_hand_case():
 
 
 def test_after_beta_keeps_own_critical_entries():
-  server, _, _, agg = slot_round(ALG, [trained(i) for i in range(3)], WEIGHTS, params0=ZERO,
+  server, clients, _, agg = slot_round(ALG, [trained(i) for i in range(3)], WEIGHTS, params0=ZERO,
                                  rounds_done=100)                   # r = 101 > beta
   assert float(agg["collaborators"]) == 0.0
-  np.testing.assert_allclose(np.asarray(server.next["w"][0]), [4, 3, 2, 2, 1.5, 0], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(clients.next["w"][0]), [4, 3, 2, 2, 1.5, 0], rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(server.down_values), [2, 2, 2])
 
 

@@ -352,3 +352,30 @@ def test_finetuned_evaluation_is_strategy_invariant():
   a, b = ref_sim.evaluate_finetuned(ref), sim.evaluate_finetuned(got)
   assert a["accuracy"] == pytest.approx(b["accuracy"])
   assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_cohort_table_drives_cohorts_on_every_backend():
+  """A fixed [R, C] client stream (e.g. FL-bench's) gives the same cohorts and
+  results on the host loop and the compiled multi-round loop; its row order
+  does not matter; running past its last row is refused."""
+  table = np.array([[5, 1, 3], [0, 7, 2], [5, 4, 1]])
+  seq, p0 = make_sim("fedobp", FedOBPConfig(quantile=0.8), cohort_table=table)
+  assert [seq.cohort(t).tolist() for t in range(3)] == [[1, 3, 5], [0, 2, 7], [1, 4, 5]]
+  ref, history = run_rounds(seq, p0, 3)
+  assert all(m["round_clients"] == 3.0 for _, m in history)
+  fused, _ = make_sim("fedobp", FedOBPConfig(quantile=0.8), execution=EXECUTIONS["vmap-scan"],
+                      cohort_table=table[:, ::-1].copy())
+  state, chunk = fused.run_rounds(fused.init(p0), 3)
+  chex.assert_trees_all_close(ref.server, state.server, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(ref.clients, state.clients, rtol=1e-5, atol=1e-6)
+  # Client 6 is in no cohort: it keeps its initial state.
+  untouched = sorted(set(range(8)) - set(table.ravel().tolist()))
+  assert untouched == [6]
+  init = seq.init(p0)
+  for i in untouched:
+    chex.assert_trees_all_equal(jax.tree.map(lambda a, i=i: a[i], state.clients),
+                                jax.tree.map(lambda a, i=i: a[i], init.clients))
+  with pytest.raises(ValueError, match="cohort table"):
+    fused.run_rounds(state, 1)
+  with pytest.raises(ValueError, match="cohort table"):
+    seq.run_round(ref)
