@@ -3,24 +3,32 @@
 Outputs in ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON object per
 evaluation), ``summary.json``, ``summary.md``, ``checkpoints/`` and the PNG plots
 ``accuracy.png``, ``loss.png``, ``client_accuracy_hist.png``; all written
-atomically.
+atomically, JSON always valid (a non-finite number is written as null).
+
+``config.json`` holds the config plus a ``run`` entry: the resolved ``auto``
+choices (execution, round loop, model, convolution, data source), the
+environment (jax/jaxlib versions, device kind and count, git commit) and the
+run's fingerprint (:mod:`fedjax_pfl.runinfo`). A new run refuses a workdir
+that holds a run unless ``overwrite``; a resumed run is checked against the
+fingerprint stored in its checkpoint.
 """
 
 import dataclasses
 import math
 import os
+import sys
 import time
 from typing import Any, Callable
 
 import jax
 
-from fedjax_pfl import algorithms, io
+from fedjax_pfl import algorithms, io, runinfo
 from fedjax_pfl import config as config_lib
 from fedjax_pfl.core import cohort, rng
 from fedjax_pfl.core.local import LocalSpec, make_optimizer
 from fedjax_pfl.core.rounds import MIB, Simulation
 from fedjax_pfl.data import load_federated
-from fedjax_pfl.errors import ConfigError
+from fedjax_pfl.errors import ConfigError, DivergenceError
 from fedjax_pfl.models import get_model
 
 
@@ -44,6 +52,38 @@ def load_data(cfg: config_lib.DataConfig):
       min_samples_per_client=cfg.min_samples_per_client, max_retries=cfg.max_retries,
       test_ratio=cfg.test_ratio, seed=cfg.seed, max_examples=cfg.max_examples,
       train_per_client=cfg.train_per_client, test_per_client=cfg.test_per_client)
+
+
+def check_test_data(config: config_lib.ExperimentConfig, data) -> None:
+  """Every client needs test examples (its accuracy is undefined otherwise).
+
+  Raises:
+    ConfigError: naming how many and which clients have none.
+  """
+  empty = [int(i) for i in (data.test_counts == 0).nonzero()[0]]
+  if empty:
+    field = ("data.test_per_client" if config.data.partition == "fling" else "data.test_ratio")
+    value = getattr(config.data, field.split(".")[1])
+    raise ConfigError(
+        f"{field}={value!r} leaves {len(empty)} of {data.num_clients} clients without test "
+        f"data (clients {empty[:10]}{' ...' if len(empty) > 10 else ''}); allowed: a larger "
+        f"{field} or fewer data.num_clients")
+
+
+def resolved_choices(config: config_lib.ExperimentConfig, sim: Simulation,
+                     data) -> dict[str, Any]:
+  """What ran for each ``auto`` choice: execution, round loop, model, conv, data source."""
+  from fedjax_pfl.data.sources import resolve_source
+  from fedjax_pfl.models.conv import resolve_conv
+  ex = resolve_execution(config.system)
+  model = get_model(config.model.name, data.x.shape[1:], data.num_classes, config.model.conv)
+  compiled = sim.executor.fused and config.system.round_loop != "host"
+  return {"parallelism": ex.parallelism, "step_loop": ex.step_loop,
+          "chunk_size": ex.chunk_size, "num_devices": ex.num_devices,
+          "round_loop": "compiled" if compiled else "host", "model": model.name,
+          "conv": resolve_conv(config.model.conv),
+          "source": resolve_source(config.data.dataset, config.data.source,
+                                   config.data.data_dir)}
 
 
 def initial_params(model, seed: int):
@@ -145,22 +185,46 @@ def summary_markdown(summary: dict) -> str:
 class _RunLog:
   """One run's outputs: records, communication totals, files, checkpoints."""
 
-  def __init__(self, config: config_lib.ExperimentConfig, workdir: str, writer: bool):
+  def __init__(self, config: config_lib.ExperimentConfig, workdir: str, writer: bool,
+               fingerprint: dict, run_info: dict):
     from fedjax_pfl.checkpoint import Checkpointer
     self.config, self.workdir, self.writer = config, workdir, writer
+    self.fingerprint = fingerprint
     os.makedirs(workdir, exist_ok=True)
     if writer:
-      io.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
+      io.write_json_atomic(os.path.join(workdir, "config.json"), {
+          **config_lib.to_dict(config), "run": {**run_info, "fingerprint": fingerprint}})
     self.ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     self.records: list[dict] = []
     self.comm: dict = {}
 
   def restore(self, state):
-    restored = self.ckpt.restore(state)
+    """The latest intact checkpoint's state (None: none), after checking that
+    it belongs to this run; says so on stderr when it skipped corrupt ones."""
+    restored = self.ckpt.restore(
+        state, check=lambda fp: runinfo.check_fingerprint(self.workdir, fp, self.fingerprint))
     if restored is None:
       return None
-    state, self.records, self.comm = restored
-    return state
+    if self.writer:
+      for step, reason in restored.skipped:
+        print(f"warning: checkpoint of round {step} in {self.workdir} is corrupt ({reason}); "
+              f"moved to checkpoints/corrupt-{step}", file=sys.stderr)
+      if restored.skipped:
+        print(f"warning: resuming {self.workdir} from round {restored.state.round}, the newest "
+              "intact checkpoint", file=sys.stderr)
+    self.records, self.comm = restored.records, restored.totals
+    return restored.state
+
+  def save(self, state) -> None:
+    self.ckpt.save(state, self.records, self.comm, self.fingerprint)
+
+  def diverged(self, e: DivergenceError) -> DivergenceError:
+    """``e`` with where the run can be found (never promising a checkpoint
+    that does not exist)."""
+    latest = self.ckpt.latest_round()
+    where = (f"the last checkpoint (round {latest}) is kept in {self.workdir}" if latest
+             else f"no checkpoint was written in {self.workdir}")
+    return DivergenceError(f"{e}; {where}")
 
   def write_metrics(self) -> None:
     if self.writer:
@@ -191,7 +255,8 @@ class _RunLog:
 
 
 def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = True,
-        resume: bool = False, on_eval: Callable[[dict], None] | None = None,
+        resume: bool = False, overwrite: bool = False,
+        on_eval: Callable[[dict], None] | None = None,
         on_round: Callable[[int], None] | None = None) -> dict:
   """Runs one experiment, or continues it from its latest checkpoint.
 
@@ -200,8 +265,14 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
     workdir: output folder (``config.json``, ``metrics.jsonl``, ``summary.*``,
       ``checkpoints/``).
     progress: show a progress bar.
-    resume: continue from ``workdir``'s latest checkpoint if there is one; the
-      final results equal those of an uninterrupted run.
+    resume: continue from ``workdir``'s latest intact checkpoint if there is
+      one; the final results equal those of an uninterrupted run. The
+      checkpoint must carry this run's fingerprint
+      (:func:`runinfo.fingerprint`; only :data:`config.RESUME_SAFE_FIELDS`
+      may differ, ``train.rounds`` not below the rounds already run).
+    overwrite: a new run (``resume=False``) replaces a run already in
+      ``workdir`` (its files, :data:`runinfo.RUN_FILES`); without it such a
+      workdir is refused.
     on_eval: called with each evaluation record.
     on_round: called with the round number after each round (tests use it).
 
@@ -209,18 +280,37 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
     The summary dict (also in ``summary.json``).
 
   Raises:
-    ConfigError: invalid config (before any compute).
+    ConfigError: invalid config, a client without test data (before any compute).
+    WorkdirError: ``workdir`` cannot be created, holds another run (new run
+      without ``overwrite``), or its checkpoint belongs to another run (resume).
+    CorruptFileError: every checkpoint in ``workdir`` is corrupt (resume).
     DataError / PartitionError: missing or corrupt data, impossible partition.
-    DivergenceError: NaN/Inf loss; the last good checkpoint is kept.
+    DivergenceError: NaN/Inf loss (the message says which checkpoint is kept).
   """
   config_lib.validate(config)
+  writer = jax.process_index() == 0  # only process 0 writes
+  if writer:
+    io.ensure_writable_dir(workdir)
+    if not resume:
+      runinfo.check_new_workdir(workdir, config, overwrite=overwrite)
   data = load_data(config.data)
+  check_test_data(config, data)
   sim, params0 = build_simulation(config, data)
-  log = _RunLog(config, workdir, writer=jax.process_index() == 0)  # only process 0 writes
+  fingerprint = runinfo.fingerprint(config, runinfo.data_digests(data))
+  log = _RunLog(config, workdir, writer, fingerprint,
+                {"resolved": resolved_choices(config, sim, data), **runinfo.environment()})
   t = config.train
   state = sim.init(params0)
   if resume:
-    restored = log.restore(state)
+    try:
+      restored = log.restore(state)
+    except BaseException:
+      log.ckpt.close()
+      raise
+    if restored is not None and restored.round > t.rounds:
+      log.ckpt.close()
+      raise ConfigError(f"train.rounds={t.rounds} is below the {restored.round} rounds already "
+                        f"run in {workdir}; allowed when resuming: >= {restored.round}")
     state = state if restored is None else sim.place(restored)
   log.write_metrics()
   start = time.perf_counter() - (log.records[-1]["seconds"] if log.records else 0.0)
@@ -250,10 +340,12 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
           on_eval(record)
         bar.set_postfix(acc=f"{record['accuracy']:.4f}", refresh=False)
       if last or (t.checkpoint_every and state.round % t.checkpoint_every == 0):
-        log.ckpt.save(state, log.records, log.comm)
+        log.save(state)
       bar.update(1)
       if on_round:
         on_round(state.round)
+  except DivergenceError as e:
+    raise log.diverged(e) from None
   finally:
     bar.close()
     log.ckpt.close()
@@ -311,6 +403,11 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   """
   for c in configs:
     config_lib.validate(c)
+  writer = jax.process_index() == 0
+  if writer:
+    for c, w in zip(configs, workdirs):
+      io.ensure_writable_dir(w)
+      runinfo.check_new_workdir(w, c)
   keys = {batch_key(c) for c in configs}
   if None in keys or len(keys) != 1 or len(configs) != len(workdirs) or not configs:
     raise ConfigError("run_batch needs configs that differ only in train.seed, train.lr or "
@@ -325,12 +422,15 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   hparams = {f: [float(_get_field(c, f)) for c in configs] for f in varying}
   seeds = [c.train.seed for c in configs]
   data = load_data(config.data)
+  check_test_data(config, data)
   sim, _ = build_simulation(config, data)
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
                     config.model.conv)
   params = [initial_params(model, s) for s in seeds]
-  writer = jax.process_index() == 0
-  logs = [_RunLog(c, w, writer) for c, w in zip(configs, workdirs)]
+  digests = runinfo.data_digests(data)
+  info = {"resolved": resolved_choices(config, sim, data), **runinfo.environment()}
+  logs = [_RunLog(c, w, writer, runinfo.fingerprint(c, digests), info)
+          for c, w in zip(configs, workdirs)]
   for log in logs:
     log.write_metrics()
   state = sim.init_batch(params, hparams)
@@ -352,7 +452,9 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
           log.add_eval({"round": state.round, "seconds": seconds, **chunk[-1], **ev})
       if last or (t.checkpoint_every and state.round % t.checkpoint_every == 0):
         for i, log in enumerate(logs):
-          log.ckpt.save(sim.unstack_run(state, i), log.records, log.comm)
+          log.save(sim.unstack_run(state, i))
+  except DivergenceError as e:
+    raise logs[0].diverged(e) from None
   finally:
     bar.close()
     for log in logs:
@@ -368,15 +470,11 @@ def _next_sync(round_idx: int, t: config_lib.TrainConfig) -> int:
   return min(stops)
 
 
-class DivergenceError(RuntimeError):
-  """Loss or accuracy became NaN/Inf."""
-
-
 def _check_finite(metrics: dict, round_idx: int) -> None:
   for key in ("loss", "train_loss"):
     if key in metrics and not math.isfinite(metrics[key]):
       raise DivergenceError(f"{key} is {metrics[key]} at round {round_idx}: the run diverged "
-                            "(try a smaller train.lr); the last good checkpoint is kept")
+                            "(try a smaller train.lr in a new run)")
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
