@@ -189,11 +189,8 @@ class _RunLog:
                fingerprint: dict, run_info: dict):
     from fedjax_pfl.checkpoint import Checkpointer
     self.config, self.workdir, self.writer = config, workdir, writer
-    self.fingerprint = fingerprint
+    self.fingerprint, self.run_info = fingerprint, run_info
     os.makedirs(workdir, exist_ok=True)
-    if writer:
-      io.write_json_atomic(os.path.join(workdir, "config.json"), {
-          **config_lib.to_dict(config), "run": {**run_info, "fingerprint": fingerprint}})
     self.ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     self.records: list[dict] = []
     self.comm: dict = {}
@@ -225,6 +222,15 @@ class _RunLog:
     where = (f"the last checkpoint (round {latest}) is kept in {self.workdir}" if latest
              else f"no checkpoint was written in {self.workdir}")
     return DivergenceError(f"{e}; {where}")
+
+  def write_config(self) -> None:
+    """``config.json``: the config plus what ran (``run``: resolved choices,
+    environment, the data/partition/code parts of the fingerprint)."""
+    if self.writer:
+      fingerprint = {k: v for k, v in self.fingerprint.items() if k != "config"}
+      io.write_json_atomic(os.path.join(self.workdir, "config.json"), {
+          **config_lib.to_dict(self.config),
+          "run": {**self.run_info, "fingerprint": fingerprint}})
 
   def write_metrics(self) -> None:
     if self.writer:
@@ -312,6 +318,7 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
       raise ConfigError(f"train.rounds={t.rounds} is below the {restored.round} rounds already "
                         f"run in {workdir}; allowed when resuming: >= {restored.round}")
     state = state if restored is None else sim.place(restored)
+  log.write_config()
   log.write_metrics()
   start = time.perf_counter() - (log.records[-1]["seconds"] if log.records else 0.0)
   bar = _progress(t.rounds, config.algorithm, progress and log.writer, initial=state.round)
@@ -432,6 +439,7 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   logs = [_RunLog(c, w, writer, runinfo.fingerprint(c, digests), info)
           for c, w in zip(configs, workdirs)]
   for log in logs:
+    log.write_config()
     log.write_metrics()
   state = sim.init_batch(params, hparams)
   start = time.perf_counter()
