@@ -64,7 +64,7 @@ def main(workdir: str = "runs/example-fedavgm", rounds: int = 20) -> dict:
   cfg = config.ExperimentConfig(algorithm="fedavgm")
   cfg = config.apply_overrides(cfg, [f"train.rounds={rounds}", "train.participation=0.25",
                                      "fedavgm.server_momentum=0.5"])
-  summary = experiment.run(cfg, workdir)
+  summary = experiment.run(cfg, workdir, overwrite=True)  # a fresh run each time
   print(summary)
   return summary
 
