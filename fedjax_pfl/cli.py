@@ -105,31 +105,10 @@ def resume_overrides(args: argparse.Namespace) -> list[str]:
   return out + list(args.overrides)
 
 
-def load_run_config(workdir: str, overrides: list[str]) -> config_lib.ExperimentConfig:
-  """The config of the run in ``workdir`` with resume-safe ``overrides``.
-
-  Raises:
-    ConfigError: no config.json there, or an override outside
-      :data:`config.RESUME_SAFE_FIELDS`.
-    CorruptFileError: config.json is not valid JSON or not a config.
-  """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise config_lib.ConfigError(f"--resume {workdir}: no config.json there; allowed: the "
-                                 "workdir of an earlier run")
-  d = io.read_json(path)
-  try:
-    config = config_lib.from_dict(d)
-  except (KeyError, TypeError, AttributeError) as e:
-    raise CorruptFileError(f"{path} is corrupt (not a run config: {type(e).__name__} "
-                           f"{e})") from None
-  config_lib.check_resume_overrides(config, overrides)
-  return config_lib.validate(config_lib.apply_overrides(config, overrides))
-
-
 def _run(args) -> int:
   if args.resume:
-    config, workdir = load_run_config(args.resume, resume_overrides(args)), args.resume
+    config = runinfo.load_run_config(args.resume, resume_overrides(args))
+    workdir = args.resume
   else:
     if not args.algorithm:
       raise config_lib.ConfigError("--algorithm is required (or --resume WORKDIR)")

@@ -209,8 +209,22 @@ class _RunLog:
       if restored.skipped:
         print(f"warning: resuming {self.workdir} from round {restored.state.round}, the newest "
               "intact checkpoint", file=sys.stderr)
+    if self.writer:
+      self._note_code_change()
     self.records, self.comm = restored.records, restored.totals
     return restored.state
+
+  def _note_code_change(self) -> None:
+    """A warning when the run was started from another git commit (the
+    fingerprint holds the package version, not the commit)."""
+    try:
+      before = io.read_json(os.path.join(self.workdir, "config.json")).get("run", {})
+    except (OSError, ValueError, AttributeError):
+      return
+    old, new = before.get("git_commit"), self.run_info.get("git_commit")
+    if old and new and old != new:
+      print(f"warning: {self.workdir} was started at git commit {old}; resuming at {new}",
+            file=sys.stderr)
 
   def save(self, state) -> None:
     self.ckpt.save(state, self.records, self.comm, self.fingerprint)
@@ -407,14 +421,11 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
     ConfigError: invalid configs, configs that differ in more than those
       fields or cannot be batched (see :func:`batch_key`), or two equal
       configs, before any compute.
+    WorkdirError: a workdir that cannot be created or already holds a run.
+    DivergenceError: NaN/Inf loss in any run.
   """
   for c in configs:
     config_lib.validate(c)
-  writer = jax.process_index() == 0
-  if writer:
-    for c, w in zip(configs, workdirs):
-      io.ensure_writable_dir(w)
-      runinfo.check_new_workdir(w, c)
   keys = {batch_key(c) for c in configs}
   if None in keys or len(keys) != 1 or len(configs) != len(workdirs) or not configs:
     raise ConfigError("run_batch needs configs that differ only in train.seed, train.lr or "
@@ -428,6 +439,11 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
     raise ConfigError(f"run_batch: runs {runs} (train.seed, {', '.join(varying)}) repeat")
   hparams = {f: [float(_get_field(c, f)) for c in configs] for f in varying}
   seeds = [c.train.seed for c in configs]
+  writer = jax.process_index() == 0
+  if writer:
+    for c, w in zip(configs, workdirs):
+      io.ensure_writable_dir(w)
+      runinfo.check_new_workdir(w, c)
   data = load_data(config.data)
   check_test_data(config, data)
   sim, _ = build_simulation(config, data)

@@ -7,6 +7,7 @@
   never continued with another run's state.
 * :func:`check_new_workdir`: a new run refuses a workdir that already holds a
   run (unless asked to overwrite it), before any data is loaded.
+* :func:`load_run_config`: the config a resumed run continues with.
 * :func:`environment`: versions, devices and git commit for ``config.json``.
 """
 
@@ -139,6 +140,28 @@ def check_new_workdir(workdir: str, config: config_lib.ExperimentConfig, *,
   raise WorkdirError(f"--workdir {workdir} holds {what}; continue it with `fedjax-pfl run "
                      f"--resume {workdir}`, choose another --workdir, or pass --overwrite to "
                      "replace it")
+
+
+def load_run_config(workdir: str, overrides: list[str]) -> config_lib.ExperimentConfig:
+  """The config of the run in ``workdir`` with resume-safe ``overrides``.
+
+  Raises:
+    ConfigError: no config.json there, or an override outside
+      :data:`config.RESUME_SAFE_FIELDS`.
+    CorruptFileError: config.json is not valid JSON or not a config.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--resume {workdir}: no config.json there; allowed: the workdir of an "
+                      "earlier run")
+  d = io.read_json(path)
+  try:
+    config = config_lib.from_dict(d)
+  except (KeyError, TypeError, AttributeError) as e:
+    raise CorruptFileError(f"{path} is corrupt (not a run config: {type(e).__name__} "
+                           f"{e})") from None
+  config_lib.check_resume_overrides(config, overrides)
+  return config_lib.validate(config_lib.apply_overrides(config, overrides))
 
 
 def git_commit() -> str | None:

@@ -303,6 +303,11 @@ def test_keyboard_interrupt_exits_130_naming_the_resume_command(tmp_path, monkey
   err = capsys.readouterr().err
   assert err.strip() == (f"interrupted: continue the run in {workdir} with: "
                          f"fedjax-pfl run --resume {workdir}")
+  monkeypatch.setattr(experiment._RunLog, "add_eval", real)
+  assert cli.main(["run", "--resume", workdir, "--no-progress"]) == 0
+  ref = str(tmp_path / "ref")
+  assert cli.main([*RUN, "--rounds", "4", "--workdir", ref]) == 0
+  assert _records(workdir) == _records(ref)
 
 
 @pytest.mark.slow
