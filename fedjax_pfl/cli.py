@@ -157,6 +157,9 @@ def _compare(args) -> int:
 
 
 def _report(args) -> int:
+  for w in args.workdirs:
+    if not os.path.isfile(os.path.join(w, "summary.json")):
+      raise config_lib.ConfigError(f"{w}: no summary.json (run not finished or not a workdir)")
   io.ensure_writable_dir(args.out, "--out")
   from fedjax_pfl.plots import report
   try:
