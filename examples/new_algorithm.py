@@ -77,7 +77,7 @@ def main(workdir: str = "runs/example-fedavgm", rounds: int = 20) -> dict:
   cfg = config.apply_overrides(cfg, [f"train.rounds={rounds}", "train.participation=0.25",
                                      "fedavgm.server_momentum=0.5",
                                      "fedavgm.drop_prob=0.2"])
-  summary = experiment.run(cfg, workdir)
+  summary = experiment.run(cfg, workdir, overwrite=True)  # a fresh run each time
   print(summary)
   return summary
 

@@ -163,7 +163,7 @@ def main(argv=None) -> list[dict]:
                                       train=train, algo=algo)
     workdir = os.path.join(args.out, algorithm + ("" if algo is None or algorithm != "flexp_sfl"
                                                   else f"_lambda{algo.align_lambda}"))
-    experiment.run(cfg, workdir, progress=False)
+    experiment.run(cfg, workdir, progress=False, overwrite=True)
     rows.append(summarize(name, algorithm, workdir, fwd))
     print(f"{name:28s} final acc {100 * rows[-1]['final_accuracy']:.2f}")
   with open(os.path.join(args.out, "flexp_sfl.json"), "w") as f:

@@ -1,17 +1,19 @@
 """Command line: ``fedjax-pfl run | compare | report | sweep | memory | list``.
 
-Invalid values stop with ``error: <field>=<value> ...; allowed: ...`` and exit
-status 2 before any compute.
+Invalid values, unusable paths and corrupt files stop with one line
+``error: <field or file> ...; allowed: ...`` and exit status 2 before any
+compute; a diverged run exits 3; Ctrl-C exits 130 naming the resume command.
 """
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
-from fedjax_pfl import algorithms, protocols
+from fedjax_pfl import algorithms, io, protocols, runinfo
 from fedjax_pfl import config as config_lib
+from fedjax_pfl.errors import CorruptFileError, DivergenceError
+from fedjax_pfl.tables import format_table  # noqa: F401  (re-exported)
 
 # flag -> (section, field)
 _FLAGS = {
@@ -45,6 +47,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--set", dest="overrides", action="append", default=[],
                  metavar="SECTION.FIELD=VALUE", help="any other config field (repeatable)")
   p.add_argument("--workdir", default=None, help="output folder (default runs/<name>)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a run already in the workdir (default: refuse it)")
   p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   g = p.add_argument_group("multi-process (jax.distributed)")
   g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
@@ -78,60 +82,88 @@ def build_config(args: argparse.Namespace, algorithm: str) -> config_lib.Experim
   return config_lib.validate(config_lib.apply_overrides(config, args.overrides))
 
 
-def _resume_config(args) -> config_lib.ExperimentConfig:
-  path = os.path.join(args.resume, "config.json")
-  if not os.path.exists(path):
-    raise config_lib.ConfigError(f"--resume {args.resume}: no config.json there; allowed: the "
-                                 "workdir of an earlier run")
-  with open(path) as f:
-    config = config_lib.from_dict(json.load(f))
-  return config_lib.validate(config_lib.apply_overrides(config, args.overrides))
+# Flags a resumed run accepts (they cannot change what has been computed).
+_RESUME_FLAGS = {"rounds": "train.rounds", "eval_every": "train.eval_every"}
+
+
+def resume_overrides(args: argparse.Namespace) -> list[str]:
+  """The ``--set`` items of ``run --resume``: ``--rounds`` / ``--eval-every``
+  as overrides, then ``--set``.
+
+  Raises:
+    ConfigError: a flag that would change the run being resumed (named).
+  """
+  allowed = ("allowed with --resume: --rounds (not below the rounds run), --eval-every, "
+             f"--no-progress, --set {'|'.join(config_lib.RESUME_SAFE_FIELDS)}")
+  given = [f for f in (*_FLAGS, *_FEDOBP_FLAGS) if getattr(args, f) is not None]
+  given += [f for f in ("algorithm", "strategy", "workdir") if getattr(args, f) is not None]
+  given += ["overwrite"] if args.overwrite else []
+  out = []
+  for flag in given:
+    if flag not in _RESUME_FLAGS:
+      raise config_lib.ConfigError(
+          f"--resume with --{flag.replace('_', '-')}: it would change or replace the run "
+          f"being resumed; {allowed}")
+    out.append(f"{_RESUME_FLAGS[flag]}={getattr(args, flag)}")
+  return out + list(args.overrides)
 
 
 def _run(args) -> int:
-  from fedjax_pfl import experiment
   if args.resume:
-    config, workdir = _resume_config(args), args.resume
+    config = runinfo.load_run_config(args.resume, resume_overrides(args))
+    workdir = args.resume
   else:
     if not args.algorithm:
       raise config_lib.ConfigError("--algorithm is required (or --resume WORKDIR)")
     config = build_config(args, args.algorithm)
     workdir = args.workdir or os.path.join("runs", f"{config.data.dataset}-{config.algorithm}")
+  io.ensure_writable_dir(workdir)  # before JAX and the data load
+  if not args.resume:
+    runinfo.check_new_workdir(workdir, config, overwrite=args.overwrite)
+  args.interrupt_hint = _resume_hint(workdir)
+  from fedjax_pfl import experiment
   summary = experiment.run(config, workdir, progress=not args.no_progress,
-                           resume=bool(args.resume))
+                           resume=bool(args.resume), overwrite=args.overwrite)
   print(format_table([summary]))
   print(f"results: {workdir}")
   return 0
 
 
+def _resume_hint(workdir: str):
+  def hint() -> str:
+    if os.path.exists(os.path.join(workdir, "config.json")):
+      return f"continue the run in {workdir} with: fedjax-pfl run --resume {workdir}"
+    return f"nothing was written to {workdir} yet; run the same command again"
+  return hint
+
+
 def _compare(args) -> int:
-  from fedjax_pfl import experiment
   names = [algorithms.canonical_name(a) for a in args.algorithms.split(",")]
   configs = [build_config(args, name) for name in names]  # validate all before compute
   root = args.workdir or os.path.join("runs", f"{configs[0].data.dataset}-compare")
+  for config in configs:
+    workdir = os.path.join(root, config.algorithm)
+    io.ensure_writable_dir(workdir)
+    runinfo.check_new_workdir(workdir, config, overwrite=args.overwrite)
+  from fedjax_pfl import experiment
   summaries = []
   for config in configs:
-    summaries.append(experiment.run(config, os.path.join(root, config.algorithm),
-                                    progress=not args.no_progress))
+    workdir = os.path.join(root, config.algorithm)
+    args.interrupt_hint = _resume_hint(workdir)
+    summaries.append(experiment.run(config, workdir, progress=not args.no_progress,
+                                    overwrite=args.overwrite))
   table = format_table(summaries)
-  from fedjax_pfl import io
   io.write_text_atomic(os.path.join(root, "comparison.md"), table + "\n")
   print(table)
   print(f"results: {root}")
   return 0
 
 
-def format_table(summaries: list[dict]) -> str:
-  """Markdown table of run summaries (accuracies in %)."""
-  head = ("| algorithm | rounds | final acc (pooled) | final acc (client mean) | "
-          "best acc (pooled) | best round | time (s) |\n|---|---|---|---|---|---|---|")
-  rows = [f"| {s['algorithm']} | {s['rounds']} | {100 * s['final_accuracy']:.2f} | "
-          f"{100 * s['final_client_mean_accuracy']:.2f} | {100 * s['best_accuracy']:.2f} | "
-          f"{s['best_round']} | {s['seconds']:.1f} |" for s in summaries]
-  return "\n".join([head, *rows])
-
-
 def _report(args) -> int:
+  for w in args.workdirs:
+    if not os.path.isfile(os.path.join(w, "summary.json")):
+      raise config_lib.ConfigError(f"{w}: no summary.json (run not finished or not a workdir)")
+  io.ensure_writable_dir(args.out, "--out")
   from fedjax_pfl.plots import report
   try:
     table = report(args.workdirs, args.out)
@@ -155,16 +187,22 @@ def _sweep(args) -> int:
         + (f" (cells {', '.join(args.cells)})" if args.cells else "")
         + (f"; overrides: {', '.join(f'`{o}`' for o in args.overrides)}" if args.overrides
            else "") + ".")
+  report = args.report or os.path.join(out, "report.md")
+  io.ensure_writable_dir(os.path.dirname(os.path.abspath(report)), "--report folder")
   if not args.report_only:
+    io.ensure_writable_dir(out, "--out")
     sweep_lib.check_out_folder(out, {"config": os.path.basename(args.config),
                                      "smoke": args.smoke, "overrides": list(args.overrides)})
   if args.report_only:
-    from fedjax_pfl import io
-    results = io.read_jsonl(os.path.join(out, "results.jsonl"))
+    path = os.path.join(out, "results.jsonl")
+    if not os.path.isfile(path):
+      raise config_lib.ConfigError(f"--report-only: no {path}; allowed: the --out folder of a "
+                                   "sweep that has run")
+    results = io.read_jsonl(path)
   else:
+    args.interrupt_hint = lambda: f"continue the sweep in {out} by running the same command again"
     results = sweep_lib.run_sweep(sw, out, progress=not args.no_progress,
                                   batch=not args.no_batch)
-  report = args.report or os.path.join(out, "report.md")
   body = sweep_lib.render_report(sw, results, report, out, note=note)
   print(body)
   print(f"report: {report}")
@@ -172,7 +210,11 @@ def _sweep(args) -> int:
 
 
 def _memory(args) -> int:
-  from fedjax_pfl.scaling import format_bytes, memory_estimate
+  from fedjax_pfl.scaling import check_memory_args, format_bytes, memory_estimate
+  check_memory_args(algorithm=args.algorithm, dataset=args.dataset, num_clients=args.clients,
+                    devices=args.devices, participation=args.participation,
+                    batch_size=args.batch_size, model=args.model,
+                    max_client_examples=args.max_client_examples)
   try:
     est = memory_estimate(algorithm=args.algorithm, dataset=args.dataset,
                           num_clients=args.clients, devices=args.devices,
@@ -204,8 +246,9 @@ def make_parser() -> argparse.ArgumentParser:
   run = sub.add_parser("run", help="run one algorithm")
   run.add_argument("--algorithm", help="e.g. fedobp, fedavg, local (see `list`)")
   run.add_argument("--resume", metavar="WORKDIR", default=None,
-                   help="continue the run in WORKDIR from its latest checkpoint (with its "
-                        "config.json; --set may change fields, e.g. train.rounds)")
+                   help="continue the run in WORKDIR from its latest intact checkpoint (with "
+                        "its config.json); only --rounds (upward), --eval-every and --set "
+                        "train.rounds|eval_every|checkpoint_every|keep_checkpoints may change")
   _add_common(run)
   run.set_defaults(func=_run)
   cmp = sub.add_parser("compare", help="run several algorithms on the same data")
@@ -268,18 +311,23 @@ def init_distributed(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+  """Runs the command line; returns the exit status (0 ok, 2 bad input or
+  files, 3 diverged, 130 interrupted)."""
   args = make_parser().parse_args(argv)
   from fedjax_pfl.data import DataError, PartitionError
-  from fedjax_pfl.experiment import DivergenceError
   try:
     init_distributed(args)
     return args.func(args)
-  except (config_lib.ConfigError, DataError, PartitionError) as e:
+  except (config_lib.ConfigError, CorruptFileError, DataError, PartitionError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except DivergenceError as e:
     print(f"error: {e}", file=sys.stderr)
     return 3
+  except KeyboardInterrupt:
+    hint = getattr(args, "interrupt_hint", None)
+    print("interrupted" + (f": {hint()}" if hint else ""), file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

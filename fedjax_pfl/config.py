@@ -6,12 +6,19 @@ field, the value and the allowed range.
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any
 
-from fedjax_pfl import algorithms
 from fedjax_pfl.errors import ConfigError
+
+
+def _registry():
+  """The algorithm registry, imported on first use (importing this module does
+  not import every algorithm)."""
+  from fedjax_pfl import algorithms
+  return algorithms
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -126,6 +133,7 @@ class ExperimentConfig:
   algo: Any = None
 
   def __post_init__(self):
+    algorithms = _registry()
     name = algorithms.canonical_name(self.algorithm)
     object.__setattr__(self, "algorithm", name)
     cls = algorithms.REGISTRY[name].config_cls
@@ -140,6 +148,16 @@ def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{field}={value!r} is invalid; allowed: {allowed}")
 
 
+def _check_finite_floats(config: "ExperimentConfig") -> None:
+  """Every float field of every section (``algo`` included) is finite."""
+  for section in ("data", "model", "train", "system", "algo"):
+    obj = getattr(config, section)
+    for f in dataclasses.fields(obj):
+      value = getattr(obj, f.name)
+      if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{section}.{f.name}={value!r} is invalid; allowed: a finite number")
+
+
 def validate(config: ExperimentConfig) -> ExperimentConfig:
   """Checks every field; returns ``config`` unchanged or raises ConfigError."""
   from fedjax_pfl.data import (
@@ -151,6 +169,7 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     SOURCES,
   )
   from fedjax_pfl.protocols import PROTOCOLS
+  _check_finite_floats(config)
   d, t, s = config.data, config.train, config.system
   _check(config.protocol in ("none", *PROTOCOLS), "protocol", config.protocol,
          ", ".join(("none", *PROTOCOLS)))
@@ -164,6 +183,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
          d.min_samples_per_client, ">= 0")
   _check(d.max_retries >= 1, "data.max_retries", d.max_retries, ">= 1")
   _check(0 <= d.test_ratio < 1, "data.test_ratio", d.test_ratio, "[0, 1)")
+  _check(d.test_ratio > 0 or d.partition == "fling", "data.test_ratio", d.test_ratio,
+         "(0, 1) (0 leaves every client without test data; data.partition=fling takes "
+         "data.test_per_client from the official test split instead)")
   _check(d.train_per_client >= 1, "data.train_per_client", d.train_per_client, ">= 1")
   _check(d.test_per_client >= 1, "data.test_per_client", d.test_per_client, ">= 1")
   _check(d.max_examples is None or d.max_examples >= d.num_clients, "data.max_examples",
@@ -279,6 +301,7 @@ def to_dict(config: ExperimentConfig) -> dict[str, Any]:
 
 def from_dict(d: dict[str, Any]) -> ExperimentConfig:
   """Inverse of :func:`to_dict`."""
+  algorithms = _registry()
   name = algorithms.canonical_name(d["algorithm"])
   algo_cls = algorithms.REGISTRY[name].config_cls
   return ExperimentConfig(
@@ -290,3 +313,37 @@ def from_dict(d: dict[str, Any]) -> ExperimentConfig:
 
 def dumps(config: ExperimentConfig) -> str:
   return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+# -- resume ---------------------------------------------------------------------
+# Fields a resumed run may change: they cannot change what has been computed
+# (train.rounds only upward; checked against the checkpoint when resuming).
+RESUME_SAFE_FIELDS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
+                      "train.keep_checkpoints")
+
+
+def check_resume_overrides(config: ExperimentConfig, overrides: list[str]) -> None:
+  """Refuses ``--set`` items that a resumed run may not change.
+
+  Raises:
+    ConfigError: naming the first field outside :data:`RESUME_SAFE_FIELDS`.
+  """
+  for item in overrides:
+    key = item.split("=", 1)[0].strip()
+    path = key.split(".")
+    if path[0] == config.algorithm:
+      path[0] = "algo"
+    if ".".join(path) not in RESUME_SAFE_FIELDS:
+      raise ConfigError(f"--resume --set {item}: {key} would change the computation of the run "
+                        f"being resumed; allowed with --resume: {', '.join(RESUME_SAFE_FIELDS)} "
+                        "(start a new run in another --workdir to change it)")
+
+
+def computation_dict(config: ExperimentConfig) -> dict[str, Any]:
+  """:func:`to_dict` without :data:`RESUME_SAFE_FIELDS`: the fields that
+  determine the computation (compared when a run is resumed)."""
+  d = to_dict(config)
+  for name in RESUME_SAFE_FIELDS:
+    section, field = name.split(".")
+    d[section].pop(field, None)
+  return d

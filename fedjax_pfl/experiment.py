@@ -3,25 +3,33 @@
 Outputs in ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON object per
 evaluation), ``summary.json``, ``summary.md``, ``checkpoints/`` and the PNG plots
 ``accuracy.png``, ``loss.png``, ``client_accuracy_hist.png``; all written
-atomically.
+atomically, JSON always valid (a non-finite number is written as null).
+
+``config.json`` holds the config plus a ``run`` entry: the resolved ``auto``
+choices (execution, round loop, model, convolution, data source), the
+environment (jax/jaxlib versions, device kind and count, git commit) and the
+run's fingerprint (:mod:`fedjax_pfl.runinfo`). A new run refuses a workdir
+that holds a run unless ``overwrite``; a resumed run is checked against the
+fingerprint stored in its checkpoint.
 """
 
 import dataclasses
 import math
 import os
+import sys
 import time
 from typing import Any, Callable
 
 import jax
 
-from fedjax_pfl import algorithms, io
+from fedjax_pfl import algorithms, io, runinfo
 from fedjax_pfl import config as config_lib
 from fedjax_pfl.core import backend, rng
 from fedjax_pfl.core.local import LocalSpec, make_optimizer
 from fedjax_pfl.core.rounds import MIB
 from fedjax_pfl.core.simulation import Simulation
 from fedjax_pfl.data import flbench_client_stream, load_federated
-from fedjax_pfl.errors import ConfigError
+from fedjax_pfl.errors import ConfigError, DivergenceError
 from fedjax_pfl.models import get_model
 
 
@@ -46,6 +54,38 @@ def load_data(cfg: config_lib.DataConfig):
       test_ratio=cfg.test_ratio, seed=cfg.seed, max_examples=cfg.max_examples,
       train_per_client=cfg.train_per_client, test_per_client=cfg.test_per_client,
       normalization=cfg.normalization)
+
+
+def check_test_data(config: config_lib.ExperimentConfig, data) -> None:
+  """Every client needs test examples (its accuracy is undefined otherwise).
+
+  Raises:
+    ConfigError: naming how many and which clients have none.
+  """
+  empty = [int(i) for i in (data.test_counts == 0).nonzero()[0]]
+  if empty:
+    field = ("data.test_per_client" if config.data.partition == "fling" else "data.test_ratio")
+    value = getattr(config.data, field.split(".")[1])
+    raise ConfigError(
+        f"{field}={value!r} leaves {len(empty)} of {data.num_clients} clients without test "
+        f"data (clients {empty[:10]}{' ...' if len(empty) > 10 else ''}); allowed: a larger "
+        f"{field} or fewer data.num_clients")
+
+
+def resolved_choices(config: config_lib.ExperimentConfig, sim: Simulation,
+                     data) -> dict[str, Any]:
+  """What ran for each ``auto`` choice: execution, round loop, model, conv, data source."""
+  from fedjax_pfl.data.sources import resolve_source
+  from fedjax_pfl.models.conv import resolve_conv
+  ex = resolve_execution(config.system)
+  model = get_model(config.model.name, data.x.shape[1:], data.num_classes, config.model.conv)
+  compiled = sim.backend.fused and config.system.round_loop != "host"
+  return {"parallelism": ex.parallelism, "step_loop": ex.step_loop,
+          "chunk_size": ex.chunk_size, "num_devices": ex.num_devices,
+          "round_loop": "compiled" if compiled else "host", "model": model.name,
+          "conv": resolve_conv(config.model.conv),
+          "source": resolve_source(config.data.dataset, config.data.source,
+                                   config.data.data_dir)}
 
 
 def initial_params(model, seed: int):
@@ -151,22 +191,66 @@ def summary_markdown(summary: dict) -> str:
 class _RunLog:
   """One run's outputs: records, communication totals, files, checkpoints."""
 
-  def __init__(self, config: config_lib.ExperimentConfig, workdir: str, writer: bool):
+  def __init__(self, config: config_lib.ExperimentConfig, workdir: str, writer: bool,
+               fingerprint: dict, run_info: dict):
     from fedjax_pfl.checkpoint import Checkpointer
     self.config, self.workdir, self.writer = config, workdir, writer
+    self.fingerprint, self.run_info = fingerprint, run_info
     os.makedirs(workdir, exist_ok=True)
-    if writer:
-      io.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
     self.ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     self.records: list[dict] = []
     self.comm: dict = {}
 
   def restore(self, state):
-    restored = self.ckpt.restore(state)
+    """The latest intact checkpoint's state (None: none), after checking that
+    it belongs to this run; says so on stderr when it skipped corrupt ones."""
+    restored = self.ckpt.restore(
+        state, check=lambda fp: runinfo.check_fingerprint(self.workdir, fp, self.fingerprint))
     if restored is None:
       return None
-    state, self.records, self.comm = restored
-    return state
+    if self.writer:
+      for step, reason in restored.skipped:
+        print(f"warning: checkpoint of round {step} in {self.workdir} is corrupt ({reason}); "
+              f"moved to checkpoints/corrupt-{step}", file=sys.stderr)
+      if restored.skipped:
+        print(f"warning: resuming {self.workdir} from round {restored.state.round}, the newest "
+              "intact checkpoint", file=sys.stderr)
+    if self.writer:
+      self._note_code_change()
+    self.records, self.comm = restored.records, restored.totals
+    return restored.state
+
+  def _note_code_change(self) -> None:
+    """A warning when the run was started from another git commit (the
+    fingerprint holds the package version, not the commit)."""
+    try:
+      before = io.read_json(os.path.join(self.workdir, "config.json")).get("run", {})
+    except (OSError, ValueError, AttributeError):
+      return
+    old, new = before.get("git_commit"), self.run_info.get("git_commit")
+    if old and new and old != new:
+      print(f"warning: {self.workdir} was started at git commit {old}; resuming at {new}",
+            file=sys.stderr)
+
+  def save(self, state) -> None:
+    self.ckpt.save(state, self.records, self.comm, self.fingerprint)
+
+  def diverged(self, e: DivergenceError) -> DivergenceError:
+    """``e`` with where the run can be found (never promising a checkpoint
+    that does not exist)."""
+    latest = self.ckpt.latest_round()
+    where = (f"the last checkpoint (round {latest}) is kept in {self.workdir}" if latest
+             else f"no checkpoint was written in {self.workdir}")
+    return DivergenceError(f"{e}; {where}")
+
+  def write_config(self) -> None:
+    """``config.json``: the config plus what ran (``run``: resolved choices,
+    environment, the data/partition/code parts of the fingerprint)."""
+    if self.writer:
+      fingerprint = {k: v for k, v in self.fingerprint.items() if k != "config"}
+      io.write_json_atomic(os.path.join(self.workdir, "config.json"), {
+          **config_lib.to_dict(self.config),
+          "run": {**self.run_info, "fingerprint": fingerprint}})
 
   def write_metrics(self) -> None:
     if self.writer:
@@ -197,7 +281,8 @@ class _RunLog:
 
 
 def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = True,
-        resume: bool = False, on_eval: Callable[[dict], None] | None = None,
+        resume: bool = False, overwrite: bool = False,
+        on_eval: Callable[[dict], None] | None = None,
         on_round: Callable[[int], None] | None = None) -> dict:
   """Runs one experiment, or continues it from its latest checkpoint.
 
@@ -206,8 +291,14 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
     workdir: output folder (``config.json``, ``metrics.jsonl``, ``summary.*``,
       ``checkpoints/``).
     progress: show a progress bar.
-    resume: continue from ``workdir``'s latest checkpoint if there is one; the
-      final results equal those of an uninterrupted run.
+    resume: continue from ``workdir``'s latest intact checkpoint if there is
+      one; the final results equal those of an uninterrupted run. The
+      checkpoint must carry this run's fingerprint
+      (:func:`runinfo.fingerprint`; only :data:`config.RESUME_SAFE_FIELDS`
+      may differ, ``train.rounds`` not below the rounds already run).
+    overwrite: a new run (``resume=False``) replaces a run already in
+      ``workdir`` (its files, :data:`runinfo.RUN_FILES`); without it such a
+      workdir is refused.
     on_eval: called with each evaluation record.
     on_round: called with the round number after each round (tests use it).
 
@@ -215,19 +306,39 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
     The summary dict (also in ``summary.json``).
 
   Raises:
-    ConfigError: invalid config (before any compute).
+    ConfigError: invalid config, a client without test data (before any compute).
+    WorkdirError: ``workdir`` cannot be created, holds another run (new run
+      without ``overwrite``), or its checkpoint belongs to another run (resume).
+    CorruptFileError: every checkpoint in ``workdir`` is corrupt (resume).
     DataError / PartitionError: missing or corrupt data, impossible partition.
-    DivergenceError: NaN/Inf loss; the last good checkpoint is kept.
+    DivergenceError: NaN/Inf loss (the message says which checkpoint is kept).
   """
   config_lib.validate(config)
+  writer = jax.process_index() == 0  # only process 0 writes
+  if writer:
+    io.ensure_writable_dir(workdir)
+    if not resume:
+      runinfo.check_new_workdir(workdir, config, overwrite=overwrite)
   data = load_data(config.data)
+  check_test_data(config, data)
   sim, params0 = build_simulation(config, data)
-  log = _RunLog(config, workdir, writer=jax.process_index() == 0)  # only process 0 writes
+  fingerprint = runinfo.fingerprint(config, runinfo.data_digests(data))
+  log = _RunLog(config, workdir, writer, fingerprint,
+                {"resolved": resolved_choices(config, sim, data), **runinfo.environment()})
   t = config.train
   state = sim.init(params0)
   if resume:
-    restored = log.restore(state)
+    try:
+      restored = log.restore(state)
+    except BaseException:
+      log.ckpt.close()
+      raise
+    if restored is not None and restored.round > t.rounds:
+      log.ckpt.close()
+      raise ConfigError(f"train.rounds={t.rounds} is below the {restored.round} rounds already "
+                        f"run in {workdir}; allowed when resuming: >= {restored.round}")
     state = state if restored is None else sim.place(restored)
+  log.write_config()
   log.write_metrics()
   start = time.perf_counter() - (log.records[-1]["seconds"] if log.records else 0.0)
   bar = _progress(t.rounds, config.algorithm, progress and log.writer, initial=state.round)
@@ -256,10 +367,12 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
           on_eval(record)
         bar.set_postfix(acc=f"{record['accuracy']:.4f}", refresh=False)
       if last or (t.checkpoint_every and state.round % t.checkpoint_every == 0):
-        log.ckpt.save(state, log.records, log.comm)
+        log.save(state)
       bar.update(1)
       if on_round:
         on_round(state.round)
+  except DivergenceError as e:
+    raise log.diverged(e) from None
   finally:
     bar.close()
     log.ckpt.close()
@@ -313,6 +426,8 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
     ConfigError: invalid configs, configs that differ in more than those
       fields or cannot be batched (see :func:`batch_key`), or two equal
       configs, before any compute.
+    WorkdirError: a workdir that cannot be created or already holds a run.
+    DivergenceError: NaN/Inf loss in any run.
   """
   for c in configs:
     config_lib.validate(c)
@@ -329,14 +444,23 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
     raise ConfigError(f"run_batch: runs {runs} (train.seed, {', '.join(varying)}) repeat")
   hparams = {f: [float(_get_field(c, f)) for c in configs] for f in varying}
   seeds = [c.train.seed for c in configs]
+  writer = jax.process_index() == 0
+  if writer:
+    for c, w in zip(configs, workdirs):
+      io.ensure_writable_dir(w)
+      runinfo.check_new_workdir(w, c)
   data = load_data(config.data)
+  check_test_data(config, data)
   sim, _ = build_simulation(config, data)
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
                     config.model.conv, config.model.bn_running_var)
   params = [initial_params(model, s) for s in seeds]
-  writer = jax.process_index() == 0
-  logs = [_RunLog(c, w, writer) for c, w in zip(configs, workdirs)]
+  digests = runinfo.data_digests(data)
+  info = {"resolved": resolved_choices(config, sim, data), **runinfo.environment()}
+  logs = [_RunLog(c, w, writer, runinfo.fingerprint(c, digests), info)
+          for c, w in zip(configs, workdirs)]
   for log in logs:
+    log.write_config()
     log.write_metrics()
   state = sim.init_batch(params, hparams, seeds=seeds)
   start = time.perf_counter()
@@ -357,7 +481,9 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
           log.add_eval({"round": state.round, "seconds": seconds, **chunk[-1], **ev})
       if last or (t.checkpoint_every and state.round % t.checkpoint_every == 0):
         for i, log in enumerate(logs):
-          log.ckpt.save(sim.unstack_run(state, i), log.records, log.comm)
+          log.save(sim.unstack_run(state, i))
+  except DivergenceError as e:
+    raise logs[0].diverged(e) from None
   finally:
     bar.close()
     for log in logs:
@@ -373,15 +499,11 @@ def _next_sync(round_idx: int, t: config_lib.TrainConfig) -> int:
   return min(stops)
 
 
-class DivergenceError(RuntimeError):
-  """Loss or accuracy became NaN/Inf."""
-
-
 def _check_finite(metrics: dict, round_idx: int) -> None:
   for key in ("loss", "train_loss"):
     if key in metrics and not math.isfinite(metrics[key]):
       raise DivergenceError(f"{key} is {metrics[key]} at round {round_idx}: the run diverged "
-                            "(try a smaller train.lr); the last good checkpoint is kept")
+                            "(try a smaller train.lr in a new run)")
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):

@@ -1,9 +1,13 @@
-"""Atomic result files: write to a temporary file in the same folder, then rename."""
+"""Result files: atomic writes (temporary file in the same folder, then rename),
+strict JSON (never NaN/Inf) and reads that name the file and line when it is corrupt."""
 
 import json
+import math
 import os
 import tempfile
 from typing import Any, Iterable
+
+from fedjax_pfl.errors import CorruptFileError, WorkdirError
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -24,14 +28,84 @@ def write_text_atomic(path: str, text: str) -> None:
     raise
 
 
+def finite_json(obj: Any) -> Any:
+  """``obj`` with every non-finite float (NaN, +-Inf) replaced by None (JSON null),
+  so that the written JSON is valid (``json.dumps`` would write ``NaN``)."""
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: finite_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite_json(v) for v in obj]
+  return obj
+
+
+def dumps(obj: Any, **kwargs) -> str:
+  """Strict JSON text of ``obj`` (non-finite floats written as null)."""
+  return json.dumps(finite_json(obj), allow_nan=False, sort_keys=True, **kwargs)
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
-  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  write_text_atomic(path, dumps(obj, indent=2) + "\n")
 
 
 def write_jsonl_atomic(path: str, records: Iterable[dict]) -> None:
-  write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+  write_text_atomic(path, "".join(dumps(r) + "\n" for r in records))
+
+
+def read_json(path: str) -> Any:
+  """Parses the JSON file ``path``.
+
+  Raises:
+    FileNotFoundError: no such file.
+    CorruptFileError: not valid JSON (names the file, line and column).
+  """
+  with open(path) as f:
+    text = f.read()
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise CorruptFileError(f"{path} is corrupt (not valid JSON: {e.msg} at line {e.lineno} "
+                           f"column {e.colno})") from None
 
 
 def read_jsonl(path: str) -> list[dict]:
+  """Parses a JSON-lines file (one object per non-empty line).
+
+  Raises:
+    FileNotFoundError: no such file.
+    CorruptFileError: a line that is not a JSON object (names the file and line).
+  """
+  out = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise CorruptFileError(f"{path} is corrupt at line {lineno} (not valid JSON: "
+                               f"{e.msg})") from None
+      if not isinstance(record, dict):
+        raise CorruptFileError(f"{path} is corrupt at line {lineno} (not a JSON object)")
+      out.append(record)
+  return out
+
+
+def ensure_writable_dir(path: str, what: str = "--workdir") -> None:
+  """Creates folder ``path`` (and parents) and checks that a file can be written
+  in it, so that an unusable output path fails before any data is loaded.
+
+  Raises:
+    WorkdirError: ``<what> <path> cannot be created or written: <reason>``.
+  """
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=path)
+    os.close(fd)
+    os.unlink(tmp)
+  except OSError as e:
+    reason = e.strerror or str(e)
+    if isinstance(e, FileExistsError) or (os.path.exists(path) and not os.path.isdir(path)):
+      reason = "a file of that name exists"
+    raise WorkdirError(f"{what} {path} cannot be created or written: {reason}") from None

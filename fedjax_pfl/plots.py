@@ -1,6 +1,5 @@
 """PNG plots of runs (matplotlib, Agg backend) and the multi-run report."""
 
-import json
 import os
 from typing import Sequence
 
@@ -69,15 +68,15 @@ def report(workdirs: Sequence[str], out: str) -> str:
 
   Raises:
     FileNotFoundError: a workdir without ``summary.json`` (not finished).
+    CorruptFileError: an unreadable ``summary.json`` or ``metrics.jsonl``.
   """
-  from fedjax_pfl.cli import format_table
+  from fedjax_pfl.tables import format_table
   summaries, curves = [], []
   for w in workdirs:
     path = os.path.join(w, "summary.json")
     if not os.path.exists(path):
       raise FileNotFoundError(f"{w}: no summary.json (run not finished or not a workdir)")
-    with open(path) as f:
-      summaries.append({**json.load(f), "workdir": w})
+    summaries.append({**io.read_json(path), "workdir": w})
     curves.append(io.read_jsonl(os.path.join(w, "metrics.jsonl")))
   table = format_table(summaries)
   rows = "\n".join(f"| {s['algorithm']} | `{s['workdir']}` |" for s in summaries)

@@ -36,6 +36,33 @@ def _bytes(tree: Any) -> int:
                  for x in jax.tree.leaves(tree)))
 
 
+def check_memory_args(*, algorithm: str, dataset: str, num_clients: int, devices: int,
+                      participation: float, batch_size: int, model: str,
+                      max_client_examples: int | None) -> None:
+  """Checks the ``memory`` command's values (before anything is traced).
+
+  Raises:
+    ConfigError: ``--<flag>=<value>; allowed: <range>`` for the first bad value.
+  """
+  from fedjax_pfl import algorithms
+  from fedjax_pfl.errors import ConfigError
+  from fedjax_pfl.models import MODELS
+
+  def check(ok: bool, flag: str, value: Any, allowed: str) -> None:
+    if not ok:
+      raise ConfigError(f"--{flag}={value!r} is invalid; allowed: {allowed}")
+  algorithms.canonical_name(algorithm)
+  check(dataset in DATASET_SHAPES, "dataset", dataset, str(sorted(DATASET_SHAPES)))
+  check(num_clients >= 1, "clients", num_clients, ">= 1")
+  check(devices >= 1, "devices", devices, ">= 1")
+  check(math.isfinite(participation) and 0 < participation <= 1, "participation",
+        participation, "(0, 1]")
+  check(batch_size >= 1, "batch-size", batch_size, ">= 1")
+  check(model in ("auto", *MODELS), "model", model, str(["auto", *sorted(MODELS)]))
+  check(max_client_examples is None or max_client_examples >= 1, "max-client-examples",
+        max_client_examples, "None or >= 1")
+
+
 def memory_estimate(*, algorithm: str, dataset: str, num_clients: int, devices: int,
                     participation: float = 0.1, batch_size: int = 32, model: str = "auto",
                     examples: int | None = None, algo_config: Any = None,
@@ -53,8 +80,12 @@ def memory_estimate(*, algorithm: str, dataset: str, num_clients: int, devices: 
     ``cohort_per_device`` and ``total_per_device`` (bytes).
 
   Raises:
-    ValueError: unknown dataset/algorithm or non-positive counts.
+    ValueError: unknown dataset/algorithm, non-positive counts or sizes, a
+      participation outside (0, 1] (:func:`check_memory_args`).
   """
+  check_memory_args(algorithm=algorithm, dataset=dataset, num_clients=num_clients,
+                    devices=devices, participation=participation, batch_size=batch_size,
+                    model=model, max_client_examples=max_client_examples)
   from fedjax_pfl import algorithms
   from fedjax_pfl.core.local import LocalSpec, make_optimizer
   from fedjax_pfl.models import get_model

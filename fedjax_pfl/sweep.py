@@ -12,7 +12,6 @@ seeds, the paper's number and the difference) as Markdown and a PNG.
 import dataclasses
 import fnmatch
 import importlib.util
-import json
 import os
 import sys
 from typing import Any, Callable, NamedTuple, Sequence
@@ -56,16 +55,34 @@ class Sweep(NamedTuple):
 
 
 def load_sweep(path: str, smoke: bool = False) -> Sweep:
-  """Imports a sweep config file and calls its ``get_sweep(smoke)``."""
+  """Imports a sweep config file and calls its ``get_sweep(smoke)``.
+
+  Raises:
+    ConfigError: a missing file, a module that raises (named with the error),
+      no ``get_sweep``, duplicate cell names or an invalid cell config.
+  """
   if not os.path.exists(path):
     raise config_lib.ConfigError(f"sweep config {path!r} does not exist")
   folder = os.path.dirname(os.path.abspath(path))
   if folder not in sys.path:
     sys.path.insert(0, folder)  # configs import their sibling `_common.py`
   spec = importlib.util.spec_from_file_location("sweep_config", path)
+  if spec is None or spec.loader is None:
+    raise config_lib.ConfigError(f"sweep config {path!r} is not a Python file")
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  sweep = module.get_sweep(smoke=smoke)
+  try:
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_sweep", None)):
+      raise config_lib.ConfigError(f"sweep config {path!r} defines no get_sweep(smoke)")
+    sweep = module.get_sweep(smoke=smoke)
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(f"sweep config {path!r}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except  (any error of user code)
+    raise config_lib.ConfigError(f"sweep config {path!r} raised {type(e).__name__}: "
+                                 f"{' '.join(str(e).split())}") from None
+  if not isinstance(sweep, Sweep):
+    raise config_lib.ConfigError(f"sweep config {path!r}: get_sweep returned "
+                                 f"{type(sweep).__name__}; allowed: a Sweep")
   names = [c.name for c in sweep.cells]
   if len(set(names)) != len(names):
     raise config_lib.ConfigError(f"sweep {sweep.name}: duplicate cell names")
@@ -116,8 +133,7 @@ def check_out_folder(out: str, settings: dict) -> None:
   """
   path = os.path.join(out, "sweep.json")
   if os.path.exists(path):
-    with open(path) as f:
-      before = json.load(f)
+    before = io.read_json(path)
     if before != settings:
       raise config_lib.ConfigError(
           f"{out} holds a sweep run with settings {before}, not {settings}; use another --out")
@@ -142,8 +158,7 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
     workdir = os.path.join(out, "cells", cell.name)
     summary_path = os.path.join(workdir, "summary.json")
     if os.path.exists(summary_path):
-      with open(summary_path) as f:
-        summaries[i] = json.load(f)
+      summaries[i] = io.read_json(summary_path)
     elif batch and not os.path.exists(workdir):
       key = experiment.batch_key(cell.config)
       if key is not None:

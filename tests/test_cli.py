@@ -83,6 +83,13 @@ BAD = [
     (["--algorithm", "fedavg", "--dataset", "fashion_mnist", "--source", "idx",
       "--data-dir", "/nonexistent-dir"], "/nonexistent-dir"),
     (["--algorithm", "fedavg", "--clients", "5000"], "num_clients"),
+    (["--algorithm", "fedavg", "--alpha", "inf"], "data.alpha=inf"),
+    (["--algorithm", "fedavg", "--lr", "inf"], "train.lr=inf"),
+    (["--algorithm", "fedavg", "--momentum", "nan"], "train.momentum=nan"),
+    (["--algorithm", "fedavg", "--set", "train.weight_decay=inf"], "train.weight_decay=inf"),
+    (["--algorithm", "fedobp", "--set", "fedobp.quantile=nan"], "algo.quantile=nan"),
+    (["--algorithm", "fedavg", "--test-ratio", "0"], "data.test_ratio=0.0"),
+    (["--algorithm", "fedavg", "--set", "data.max_examples=-1"], "max_examples"),
 ]
 
 

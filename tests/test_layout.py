@@ -96,3 +96,19 @@ def test_only_checkpoint_imports_orbax_and_only_tfds_source_imports_tfds():
 def test_no_pickle():
   for path in PACKAGE.rglob("*.py"):
     assert "pickle" not in path.read_text(), path
+
+
+def test_lower_modules_do_not_import_the_cli_or_the_registry():
+  """No import loop cli -> experiment -> plots -> cli; config validates without
+  importing every algorithm (issue 15)."""
+  import subprocess
+  import sys
+  code = ("import sys, fedjax_pfl.config, fedjax_pfl.plots, fedjax_pfl.tables, fedjax_pfl.io, "
+          "fedjax_pfl.errors; bad = [m for m in ('fedjax_pfl.cli', 'fedjax_pfl.algorithms', "
+          "'fedjax_pfl.experiment') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        cwd=PACKAGE.parent, timeout=120)
+  assert done.returncode == 0, done.stdout + done.stderr
+  for path in PACKAGE.rglob("*.py"):
+    if path.name != "cli.py":
+      assert not re.search(r"from fedjax_pfl(\.cli| import cli)\b", path.read_text()), path

@@ -74,6 +74,22 @@ def test_bad_sweep_path_is_a_clear_error(capsys):
   assert "does not exist" in capsys.readouterr().err
 
 
+def test_common_setups_refuse_unknown_algorithm_arguments():
+  import sys
+  sys.path.insert(0, os.path.abspath("experiments/configs"))
+  try:
+    import _common
+  finally:
+    sys.path.pop(0)
+  from fedjax_pfl.errors import ConfigError
+  assert _common.fedobp_setup("fedobp", "mnist", 0.1, 0, quantile=0.5).algo.quantile == 0.5
+  with pytest.raises(ConfigError, match=r"fedobp: unknown algorithm argument\(s\) "
+                     r"\['quantil'\]; allowed: \[.*'quantile'"):
+    _common.fedobp_setup("fedobp", "mnist", 0.1, 0, quantil=0.5)
+  with pytest.raises(ConfigError, match=r"fedavg: unknown algorithm argument\(s\) \['beta'\]"):
+    _common.fling_setup("fedavg", "cifar10", 0.1, 0, beta=0.3)
+
+
 TFDS_NAMES = ("cifar10", "cifar100", "emnist/byclass", "svhn_cropped", "mnist")
 
 

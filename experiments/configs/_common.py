@@ -26,6 +26,21 @@ ROW_NAMES = {"local": "Local-Only", "fedavg": "FedAvg", "fedper": "FedPer", "apf
              "separate": "Separate", "fedavg_bn": "FedAvg"}
 
 
+def algo_config(method: str, **fields):
+  """The algorithm config of ``method`` with ``fields`` set.
+
+  Raises:
+    ConfigError: a field the algorithm does not have (named, with the allowed names).
+  """
+  name = algorithms.canonical_name(method)
+  cls = algorithms.REGISTRY[name].config_cls
+  allowed = sorted(f.name for f in dataclasses.fields(cls))
+  unknown = sorted(set(fields) - set(allowed))
+  if unknown:
+    raise C.ConfigError(f"{name}: unknown algorithm argument(s) {unknown}; allowed: {allowed}")
+  return cls(**fields)
+
+
 def fedobp_setup(method: str, dataset: str, alpha: float, seed: int, *,
                  smoke: bool = False, rounds: int = 400, **algo) -> C.ExperimentConfig:
   """FedOBP's protocol (spec §1.3, the authors' logs): 100 clients, Dir(alpha)
@@ -34,12 +49,9 @@ def fedobp_setup(method: str, dataset: str, alpha: float, seed: int, *,
   (FL-bench's "Max Accuracy" = best over those evaluations).
   ``smoke``: digits, 10 clients, 1 round, 1 local epoch (CI)."""
   name = algorithms.canonical_name(method)
-  cls = algorithms.REGISTRY[name].config_cls
   if name == "fedobp" and "quantile" not in algo:
     algo["quantile"] = FEDOBP_Q.get((dataset, alpha), 0.9999)
-  fields = {f.name for f in dataclasses.fields(cls)}
-  cfg = C.ExperimentConfig(algorithm=name, algo=cls(**{k: v for k, v in algo.items()
-                                                       if k in fields}))
+  cfg = C.ExperimentConfig(algorithm=name, algo=algo_config(name, **algo))
   data = dict(dataset=dataset, alpha=alpha, num_clients=100, seed=42)
   train = dict(rounds=rounds, participation=0.1, local_epochs=5, batch_size=32, lr=0.01,
                momentum=0.7, seed=seed, eval_every=100)
@@ -84,10 +96,7 @@ def fling_setup(method: str, dataset: str, alpha: float, seed: int, *, smoke: bo
   the smoke size reads Fashion-MNIST whatever ``dataset`` is (tests skip it when
   absent)."""
   name = algorithms.canonical_name(method)
-  cls = algorithms.REGISTRY[name].config_cls
-  fields = {f.name for f in dataclasses.fields(cls)}
-  cfg = C.ExperimentConfig(algorithm=name, algo=cls(**{k: v for k, v in algo.items()
-                                                       if k in fields}))
+  cfg = C.ExperimentConfig(algorithm=name, algo=algo_config(name, **algo))
   rounds = 300 if dataset == "cifar100" else 200
   model = "resnet10" if dataset == "cifar100" else "resnet8"
   data = dict(dataset=dataset, partition="fling", alpha=alpha, num_clients=20, seed=seed)

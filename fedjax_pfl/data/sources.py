@@ -13,7 +13,8 @@ splits. Sources:
 * ``"tfds"`` -- every name in :data:`KNOWN_DATASETS` except ``digits``, via
   ``tfds.data_source`` (prepared ArrayRecord data; no network access here).
 * ``"auto"`` -- ``digits`` -> sklearn; ``fashion_mnist``/``mnist`` -> idx if
-  the files are in ``data_dir`` (or the default dir), else tfds; others -> tfds.
+  any of the four files is in ``data_dir`` (or the default dir; a missing one
+  is then named), else tfds; others -> tfds.
 
 Preprocessing (identical for every source): pixels are scaled to ``[0, 1]``
 (divided by 255, or by 16 for digits), then normalized per channel according
@@ -201,8 +202,10 @@ def _idx_dir(name: str, data_dir: str | None) -> str:
 
 
 def _idx_files_present(directory: str) -> bool:
+  """True when ``directory`` holds any of the four IDX files (then ``auto``
+  reads IDX, and a missing one is named instead of falling back to TFDS)."""
   stems = [s for pair in IDX_FILES.values() for s in pair]
-  return all(find_idx_file(directory, s) is not None for s in stems)
+  return any(find_idx_file(directory, s) is not None for s in stems)
 
 
 def resolve_source(name: str, source: str = "auto", data_dir: str | None = None) -> str:
