@@ -43,9 +43,12 @@ class ModelConfig:
 
   ``conv``: how convolutions run, ``auto`` (im2col + matmul on CPU, XLA's
   convolution elsewhere), ``xla`` or ``im2col`` (:mod:`fedjax_pfl.models.conv`);
-  same params and function, different speed."""
+  ``pool``: how max pooling and its gradient run, ``auto`` (explicit window
+  slices on CPU, ``reduce_window`` elsewhere), ``xla`` or ``slices``
+  (:mod:`fedjax_pfl.models.pool`). Same params and function, different speed."""
   name: str = "auto"
   conv: str = "auto"
+  pool: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -138,6 +141,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
   from fedjax_pfl.models.conv import CONV_IMPLS
   _check(config.model.conv in CONV_IMPLS, "model.conv", config.model.conv,
          ", ".join(CONV_IMPLS))
+  from fedjax_pfl.models.pool import POOL_IMPLS
+  _check(config.model.pool in POOL_IMPLS, "model.pool", config.model.pool,
+         ", ".join(POOL_IMPLS))
   _check(t.rounds >= 1, "train.rounds", t.rounds, ">= 1")
   _check(0 < t.participation <= 1, "train.participation", t.participation, "(0, 1]")
   _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, ">= 1")

@@ -95,7 +95,7 @@ def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulat
   """
   t = config.train
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
-                    config.model.conv)
+                    config.model.conv, config.model.pool)
   params0 = initial_params(model, t.seed)
   build = algorithm_builder(config, model, params0, int(data.train_idx.shape[1]))
   alg, spec = build()
@@ -327,7 +327,7 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   data = load_data(config.data)
   sim, _ = build_simulation(config, data)
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
-                    config.model.conv)
+                    config.model.conv, config.model.pool)
   params = [initial_params(model, s) for s in seeds]
   writer = jax.process_index() == 0
   logs = [_RunLog(c, w, writer) for c, w in zip(configs, workdirs)]
