@@ -38,7 +38,6 @@ Usage::
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -51,9 +50,8 @@ import jax
 import numpy as np
 
 from benchmarks import bench_round, common
-from fedjax_pfl import algorithms
+from fedjax_pfl import algorithms, experiment
 from fedjax_pfl import config as C
-from fedjax_pfl import experiment
 from fedjax_pfl.data.sources import DEFAULT_IDX_DIRS
 from fedjax_pfl.models import get_model
 
