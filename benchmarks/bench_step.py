@@ -80,7 +80,8 @@ def _setup(model_name: str, conv: str, pool: str, batch: int, lr: float, momentu
   """The model's SGD program, its initial carry and one client's data."""
   model = get_model(model_name, shape, 10, conv=conv, pool=pool)
   params = model.init(jax.random.key(0))
-  spec = local_lib.LocalSpec(model.apply, local_lib.make_optimizer(lr, momentum), 1000, batch,
+  # 5 epochs of 10 batches (as W: the carry holds [epochs, slots] permutations).
+  spec = local_lib.LocalSpec(model.apply, local_lib.make_optimizer(lr, momentum), 5, batch,
                              10 * batch, model.apply_train, model.state_mask)
   prog = spec.program()
   rng = np.random.default_rng(0)
@@ -219,7 +220,11 @@ def main(argv=None) -> dict:
   args = p.parse_args(argv)
   args.models = args.models or (["cnn"] if args.smoke else ["cnn", "resnet8"])
   args.repeats = args.repeats or (2 if args.smoke else 7)
-  args.steps_per_call = args.steps_per_call or (2 if args.smoke else 10)
+  # At most the program's 50 steps (5 epochs x 10 batches).
+  args.steps_per_call = min(50, args.steps_per_call or (2 if args.smoke else 10))
+  if args.smoke:
+    args.pools = ["auto"] if args.pools == ["xla", "slices"] else args.pools
+    args.loop = args.vmap = False
   args.w_rounds = (1 if args.smoke else 2) if args.w_rounds is None else args.w_rounds
   gemm_shapes = {"256^3": (256, 256, 256)} if args.smoke else GEMM_SHAPES
   gemm = gemm_rates(gemm_shapes, args.repeats)
