@@ -60,11 +60,16 @@ class ModelConfig:
   convolution elsewhere), ``xla`` or ``im2col`` (:mod:`fedjax_pfl.models.conv`);
   same params and function, different speed.
 
+  ``pool``: how max pooling and its gradient run, ``auto`` (explicit window
+  slices on CPU, ``reduce_window`` elsewhere), ``xla`` or ``slices``
+  (:mod:`fedjax_pfl.models.pool`). Same params and function, different speed.
+
   ``bn_running_var``: the batch variance in BatchNorm's running-variance
   update, ``biased`` (flax, default) or ``unbiased`` (PyTorch, as Fling runs
   it); only models with BatchNorm (``resnet8``, ``resnet10``) use it."""
   name: str = "auto"
   conv: str = "auto"
+  pool: str = "auto"
   bn_running_var: str = "biased"
 
 
@@ -204,6 +209,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
   from fedjax_pfl.models.resnet import BN_RUNNING_VARS
   _check(config.model.bn_running_var in BN_RUNNING_VARS, "model.bn_running_var",
          config.model.bn_running_var, ", ".join(BN_RUNNING_VARS))
+  from fedjax_pfl.models.pool import POOL_IMPLS
+  _check(config.model.pool in POOL_IMPLS, "model.pool", config.model.pool,
+         ", ".join(POOL_IMPLS))
   _check(t.rounds >= 1, "train.rounds", t.rounds, ">= 1")
   _check(0 < t.participation <= 1, "train.participation", t.participation, "(0, 1]")
   _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, ">= 1")

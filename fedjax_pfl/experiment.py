@@ -137,7 +137,7 @@ def build_simulation(config: config_lib.ExperimentConfig, data) -> tuple[Simulat
   """
   t = config.train
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
-                    config.model.conv, config.model.bn_running_var)
+                    config.model.conv, config.model.bn_running_var, config.model.pool)
   params0 = initial_params(model, t.seed)
   build = algorithm_builder(config, model, params0, int(data.train_idx.shape[1]))
   alg, spec = build()
@@ -453,7 +453,7 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   check_test_data(config, data)
   sim, _ = build_simulation(config, data)
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes,
-                    config.model.conv, config.model.bn_running_var)
+                    config.model.conv, config.model.bn_running_var, config.model.pool)
   params = [initial_params(model, s) for s in seeds]
   digests = runinfo.data_digests(data)
   info = {"resolved": resolved_choices(config, sim, data), **runinfo.environment()}

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_pfl.models.conv import resolve_conv
+from fedjax_pfl.models.pool import resolve_pool
 from fedjax_pfl.types import Params, PyTree
 
 
@@ -98,23 +99,23 @@ def from_flax_stateful(name: str, module, input_shape, num_classes) -> Model:
   return Model(name, init, apply, tuple(input_shape), int(num_classes), apply_train, template)
 
 
-def _cnn(input_shape, num_classes, conv, bn_running_var):
+def _cnn(input_shape, num_classes, conv, bn_running_var, pool):
   del bn_running_var  # no BatchNorm
   from fedjax_pfl.models.cnn import FedAvgCNN
-  return from_flax("cnn", FedAvgCNN(num_classes=num_classes, conv=conv), input_shape,
+  return from_flax("cnn", FedAvgCNN(num_classes=num_classes, conv=conv, pool=pool), input_shape,
                    num_classes)
 
 
-def _mlp(input_shape, num_classes, conv, bn_running_var):
-  del conv, bn_running_var
+def _mlp(input_shape, num_classes, conv, bn_running_var, pool):
+  del conv, bn_running_var, pool
   from fedjax_pfl.models.mlp import MLP
   return from_flax("mlp", MLP(num_classes=num_classes), input_shape, num_classes)
 
 
 def _resnet(widths, name):
-  def build(input_shape, num_classes, conv, bn_running_var):
+  def build(input_shape, num_classes, conv, bn_running_var, pool):
     from fedjax_pfl.models.resnet import ResNet
-    net = ResNet(num_classes=num_classes, widths=widths, conv=conv,
+    net = ResNet(num_classes=num_classes, widths=widths, conv=conv, pool=pool,
                  bn_running_var=bn_running_var)
     return from_flax_stateful(name, net, input_shape, num_classes)
   return build
@@ -125,30 +126,33 @@ MODELS = {"cnn": _cnn, "mlp": _mlp, "resnet8": _resnet((64, 128, 256), "resnet8"
 
 
 def get_model(name: str, input_shape, num_classes: int, conv: str = "auto",
-              bn_running_var: str = "biased") -> Model:
+              bn_running_var: str = "biased", pool: str = "auto") -> Model:
   """Builds a registered model (``cnn``, ``mlp``, ``resnet8``, ``resnet10``);
   ``name="auto"`` picks ``mlp`` for inputs smaller than 16x16 (digits) and
   ``cnn`` (FedAvgCNN) otherwise. ``conv`` (``auto`` | ``xla`` | ``im2col``)
-  picks how convolutions run (:mod:`fedjax_pfl.models.conv`); the params and
-  the function are the same. ``bn_running_var`` (``biased`` | ``unbiased``):
-  the batch variance in BatchNorm's running update, flax's or PyTorch's
+  picks how convolutions run (:mod:`fedjax_pfl.models.conv`) and ``pool``
+  (``auto`` | ``xla`` | ``slices``) how max pooling and its gradient run
+  (:mod:`fedjax_pfl.models.pool`); the params and the function are the same.
+  ``bn_running_var`` (``biased`` | ``unbiased``): the batch variance in
+  BatchNorm's running update, flax's or PyTorch's
   (:mod:`fedjax_pfl.models.resnet`); no effect on models without BatchNorm.
 
   Raises:
-    ValueError: unknown name, ``conv`` or ``bn_running_var``, or an input too
-      small for the CNN.
+    ValueError: unknown name, ``conv``, ``pool`` or ``bn_running_var``, or an
+      input too small for the CNN.
   """
   from fedjax_pfl.models.resnet import BN_RUNNING_VARS
   if bn_running_var not in BN_RUNNING_VARS:
     raise ValueError(f"model.bn_running_var={bn_running_var!r}; allowed: {list(BN_RUNNING_VARS)}")
   conv = resolve_conv(conv)
+  pool = resolve_pool(pool)
   if name == "auto":
     name = "mlp" if min(input_shape[:2]) < 16 else "cnn"
   if name not in MODELS:
     raise ValueError(f"model.name={name!r}; allowed: {['auto', *sorted(MODELS)]}")
   if name != "mlp" and min(input_shape[:2]) < 16:
     raise ValueError(f"model.name={name!r} needs inputs of at least 16x16, got {input_shape}")
-  return MODELS[name](tuple(input_shape), num_classes, conv, bn_running_var)
+  return MODELS[name](tuple(input_shape), num_classes, conv, bn_running_var, pool)
 
 
 def _path_str(path) -> str:

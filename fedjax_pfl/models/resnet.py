@@ -6,7 +6,9 @@ one BasicBlock per stage (stage 1 stride 1; later stages stride 2 with a 1x1
 conv + BN shortcut) -> global average pool -> ``classifier``. Widths
 [64, 128, 256] (ResNet-8) or [64, 128, 256, 512] (ResNet-10). Convs use
 Kaiming-normal (fan_out) init, BN scale 1 and bias 0. ``conv`` picks the
-convolution (``models.conv``: ``auto`` = im2col on CPU; same params). Parameter
+convolution (``models.conv``: ``auto`` = im2col on CPU) and ``pool`` the stem's
+max pooling (``models.pool``: ``auto`` = explicit window slices on CPU); same
+params and function either way. Parameter
 counts (trainable): ResNet-8 on 28x28x1 with 10 classes 1,229,002; on 32x32x3
 1,235,274; ResNet-10 on 32x32x3 with 100 classes 4,957,092.
 
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 from fedjax_pfl.models.base import HEAD
 from fedjax_pfl.models.cnn import torch_dense
 from fedjax_pfl.models.conv import conv_fn
+from fedjax_pfl.models.pool import pool_fn
 
 _kaiming = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 BN_RUNNING_VARS = ("biased", "unbiased")
@@ -114,13 +117,14 @@ class ResNet(nn.Module):
   widths: Sequence[int] = (64, 128, 256)
   conv: str = "auto"
   bn_running_var: str = "biased"
+  pool: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None):
     x = nn.Conv(self.widths[0], (7, 7), (2, 2), padding=3, use_bias=False,
                 kernel_init=_kaiming, name="pre_conv", conv_general_dilated=conv_fn(self.conv))(x)
     x = nn.relu(_bn("bn1", train, mask, self.bn_running_var)(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = pool_fn(self.pool)(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for i, w in enumerate(self.widths):
       x = BasicBlock(w, 1 if i == 0 else 2, self.conv, self.bn_running_var,
                      name=f"layer{i + 1}")(x, train, mask)
