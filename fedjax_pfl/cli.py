@@ -230,8 +230,8 @@ def make_parser() -> argparse.ArgumentParser:
   from fedjax_pfl import __version__
   parser = argparse.ArgumentParser(
       prog="fedjax-pfl", description="fedjax-pfl: a vectorized JAX simulator for personalized "
-      "federated learning. Commands: run | compare | report | sweep | memory | list; "
-      "`fedjax-pfl COMMAND --help` lists each option with its default and allowed values.")
+      "federated learning. Commands: run, compare, report, sweep, memory, list; "
+      "'fedjax-pfl COMMAND --help' lists each option with its default and allowed values.")
   parser.add_argument("--version", action="version", version=f"fedjax-pfl {__version__}")
   sub = parser.add_subparsers(dest="command", required=True)
   run = sub.add_parser("run", help="run one algorithm",

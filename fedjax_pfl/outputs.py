@@ -137,8 +137,11 @@ class TensorBoardLog:
       from tensorboardX import SummaryWriter
     except ImportError:  # optional at run time; a dependency of the package
       return
+    # One new file per (re)start, numbered so that the order is known even
+    # when two starts fall into the same second (tensorboardX names files by it).
+    n = len(event_files(workdir))
     self.writer = SummaryWriter(logdir=self.logdir, purge_step=first_new_round,
-                                flush_secs=10)
+                                flush_secs=10, filename_suffix=f".{n:04d}")
 
   @property
   def enabled(self) -> bool:
@@ -161,24 +164,24 @@ class TensorBoardLog:
 
 
 def event_files(workdir: str) -> list[str]:
-  """The TensorBoard event files of a run, oldest first."""
+  """The TensorBoard event files of a run, oldest first (by the start number
+  that :class:`TensorBoardLog` appends)."""
+  def start_number(path: str) -> int:
+    tail = path.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
   return sorted(glob.glob(os.path.join(workdir, "tb", "events.out.tfevents.*")),
-                key=os.path.getmtime)
+                key=lambda p: (start_number(p), os.path.getmtime(p)))
 
 
-def read_event_scalars(path: str) -> dict[str, list[tuple[int, float]]]:
-  """Reads the scalars of one TensorBoard event file (TFRecord framing:
-  uint64 length, uint32 CRC, payload, uint32 CRC; payload an ``Event``
-  protobuf) without TensorFlow. CRCs are not checked.
-
-  Returns:
-    ``{tag: [(step, value), ...]}`` in file order.
+def _events(path: str):
+  """The ``Event`` protobufs of one event file (TFRecord framing: uint64
+  length, uint32 CRC, payload, uint32 CRC), without TensorFlow; CRCs are not
+  checked.
 
   Raises:
     ValueError: a truncated record.
   """
   from tensorboardX.proto import event_pb2
-  out: dict[str, list[tuple[int, float]]] = {}
   with open(path, "rb") as f:
     data = f.read()
   pos = 0
@@ -189,12 +192,42 @@ def read_event_scalars(path: str) -> dict[str, list[tuple[int, float]]]:
     start, end = pos + 12, pos + 12 + length
     if end + 4 > len(data):
       raise ValueError(f"{path}: truncated record at byte {pos}")
-    event = event_pb2.Event.FromString(data[start:end])
+    yield event_pb2.Event.FromString(data[start:end])
+    pos = end + 4
+
+
+def read_event_scalars(path: str) -> dict[str, list[tuple[int, float]]]:
+  """The scalars of one TensorBoard event file: ``{tag: [(step, value), ...]}``
+  in file order (no purging; see :func:`read_run_scalars`).
+
+  Raises:
+    ValueError: a truncated record.
+  """
+  out: dict[str, list[tuple[int, float]]] = {}
+  for event in _events(path):
     for v in event.summary.value:
       if v.HasField("simple_value"):
         out.setdefault(v.tag, []).append((int(event.step), float(v.simple_value)))
-    pos = end + 4
   return out
+
+
+def read_run_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
+  """The scalars of a run as TensorBoard shows them: every event file of
+  ``workdir/tb`` in start order, where a session start at step ``T`` (a
+  resumed run's ``purge_step``) drops the earlier values from step ``T`` on.
+
+  Returns:
+    ``{tag: [(step, value), ...]}`` sorted by step.
+  """
+  out: dict[str, list[tuple[int, float]]] = {}
+  for path in event_files(workdir):
+    for event in _events(path):
+      if event.HasField("session_log") and event.session_log.status == 1:  # START
+        out = {tag: [(s, v) for s, v in vals if s < event.step] for tag, vals in out.items()}
+      for v in event.summary.value:
+        if v.HasField("simple_value"):
+          out.setdefault(v.tag, []).append((int(event.step), float(v.simple_value)))
+  return {tag: sorted(vals) for tag, vals in out.items()}
 
 
 def format_summary_value(key: str, value: Any) -> str:

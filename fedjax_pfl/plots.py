@@ -193,24 +193,34 @@ def _common_title(configs: Sequence[dict], keys: Sequence[str]) -> str:
   """What all runs share: dataset, partition α, N, seed (those that agree)."""
   c = outputs.flatten_config(configs[0])
   parts = []
-  for key, text in (("data.dataset", "{}"), ("data.alpha", "α={}"),
+  if "data.partition" not in keys and c.get("data.partition", "dirichlet") != "dirichlet":
+    parts.append(f"partition={c['data.partition']}")
+  for key, text in (("data.dataset", "{}"), ("data.alpha", "Dir(α={})"),
                     ("data.num_clients", "N={}"), ("train.seed", "seed={}")):
     if key not in keys and key in c:
       parts.append(text.format(c[key]))
   return ", ".join(parts)
 
 
+def legend_labels(runs: Sequence[tuple[str, list[dict]]]) -> list[str]:
+  """Legend entries of ``(label, records)`` runs: a run whose accuracy curves
+  equal an earlier run's gets ``(= <earlier label>)``, so a hidden line is
+  still accounted for."""
+  seen: dict[tuple, str] = {}
+  out = []
+  for label, recs in runs:
+    curve = tuple((r["round"], r["accuracy"], r["client_mean_accuracy"]) for r in recs)
+    out.append(f"{label} (= {seen[curve]})" if curve in seen else label)
+    seen.setdefault(curve, label)
+  return out
+
+
 def _curves_plot(runs: Sequence[tuple[str, list[dict]]], title: str, out_png: str) -> str:
   """Pooled and client-mean accuracy of several runs side by side."""
   plt = _plt()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-  seen: dict[tuple, str] = {}
-  for i, (label, recs) in enumerate(runs):
-    curve = tuple((r["round"], r["accuracy"], r["client_mean_accuracy"]) for r in recs)
-    if curve in seen:
-      label = f"{label} (= {seen[curve]})"
-    else:
-      seen[curve] = label
+  labels = legend_labels(runs)
+  for i, ((_, recs), label) in enumerate(zip(runs, labels)):
     style = dict(ls=_STYLES[i % len(_STYLES)], marker=_MARKERS[i % len(_MARKERS)],
                  lw=max(2.8 - 0.5 * i, 1.0), ms=max(7 - i, 3), alpha=0.85)
     rounds = [r["round"] for r in recs]
