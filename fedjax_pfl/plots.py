@@ -25,10 +25,14 @@ def _plt():
   return plt
 
 
-def integer_rounds(ax) -> None:
-  """Integer-only ticks on the x axis (rounds)."""
+def integer_rounds(ax, rounds: Sequence[int] | None = None) -> None:
+  """Integer ticks on the x axis (rounds): the evaluated ``rounds`` themselves
+  when there are at most 12, else round numbers (steps of 1, 2, 5, 10)."""
   from matplotlib.ticker import MaxNLocator
-  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  if rounds is not None and 0 < len(set(rounds)) <= 12:
+    ax.set_xticks(sorted(set(rounds)))
+  else:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
 
 
 def new_figure(xlabel: str, ylabel: str, title: str, size=(6, 4)):
@@ -82,6 +86,7 @@ def plot_run(workdir: str) -> list[str]:
   if "finetuned/accuracy" in records[0]:
     ax.plot(rounds, [100 * r["finetuned/accuracy"] for r in records], marker="^", ls=":",
             label="pooled, after fine-tuning")
+  integer_rounds(ax, rounds)
   paths = [save_figure(fig, os.path.join(workdir, "accuracy.png"))]
   fig, ax = new_figure("round", "cross-entropy", f"Loss: {name}", size=(7, 4.2))
   ax.plot(rounds, [r["loss"] for r in records], marker="o", label="test loss (pooled)")
@@ -91,6 +96,7 @@ def plot_run(workdir: str) -> list[str]:
   if "train_loss" in records[0]:
     ax.plot(rounds, [r["train_loss"] for r in records], marker="s", ls=":",
             label="train loss (cohort)")
+  integer_rounds(ax, rounds)
   paths.append(save_figure(fig, os.path.join(workdir, "loss.png")))
   per_client = records[-1].get("client_accuracy", [])
   accs = [100 * a for a in per_client if a is not None]
@@ -98,7 +104,7 @@ def plot_run(workdir: str) -> list[str]:
   fig, ax = new_figure("test accuracy (%)", "clients",
                        f"Per-client accuracy at round {records[-1]['round']}\n{name}",
                        size=(7, 4.2))
-  ax.hist(accs, bins=20, range=(0, 100),
+  ax.hist(accs, bins=20, range=(0, 100), edgecolor="white",
           label=f"{len(accs)} clients with test data; {empty} without"
           + (" (not shown)" if empty else ""))
   from matplotlib.ticker import MaxNLocator
@@ -226,10 +232,11 @@ def _curves_plot(runs: Sequence[tuple[str, list[dict]]], title: str, out_png: st
     rounds = [r["round"] for r in recs]
     axes[0].plot(rounds, [100 * r["accuracy"] for r in recs], label=label, **style)
     axes[1].plot(rounds, [100 * r["client_mean_accuracy"] for r in recs], label=label, **style)
+  all_rounds = [r["round"] for _, recs in runs for r in recs]
   for ax, name in zip(axes, ("pooled (all test examples)", "client mean")):
     ax.set(xlabel="round", title=f"Test accuracy, {name}")
     ax.grid(alpha=0.3)
-    integer_rounds(ax)
+    integer_rounds(ax, all_rounds)
   axes[0].set_ylabel("test accuracy (%)")
   fig.suptitle(title)
   axes[0].legend(fontsize=8)

@@ -189,7 +189,7 @@ def table(sweep: Sweep, results: Sequence[dict], *, smoke: bool = False) -> tupl
   if smoke:
     ran = {col: sorted({r.get("dataset", "?") for r in results if r["column"] == col})
            for col in cols}
-    head = "| method | " + " | ".join(f"{c} (smoke run on {', '.join(ran[c])})"
+    head = "| method | " + " | ".join(f"ours, smoke run on {', '.join(ran[c])} (stands for: {c})"
                                       for c in cols) + " |"
     sep = "|---|" + "---|" * len(cols)
   else:
