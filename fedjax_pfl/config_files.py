@@ -134,6 +134,9 @@ def base_config(path: str | None, algorithm: str | None,
     ConfigError: see :func:`load`; neither a file nor an algorithm.
   """
   if path is None:
+    if cell is not None:
+      raise ConfigError(f"--cell {cell!r} is invalid without --config; allowed: with a sweep "
+                        "config file")
     if not algorithm:
       raise ConfigError("--algorithm is required (or --config FILE)")
     return config_lib.ExperimentConfig(algorithm=algorithm)

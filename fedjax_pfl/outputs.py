@@ -145,6 +145,7 @@ class TensorBoardLog:
 
   @property
   def enabled(self) -> bool:
+    """Whether event files are written (``tensorboardX`` is installed)."""
     return self.writer is not None
 
   def add(self, record: dict) -> None:
@@ -158,6 +159,7 @@ class TensorBoardLog:
     self.writer.flush()
 
   def close(self) -> None:
+    """Flushes and closes the event file (idempotent)."""
     if self.writer is not None:
       self.writer.close()
       self.writer = None

@@ -117,6 +117,7 @@ def test_config_files_json_yaml_and_sweep_cell(tmp_path, capsys):
     (["--config", "experiments/configs/fedobp_table4.py", "--cell", "nope"], "matches 0"),
     (["--config", "/nonexistent.json"], "does not exist"),
     (["--config", "pyproject.toml"], "allowed: a .json"),
+    (["--algorithm", "fedavg", "--cell", "x"], "without --config"),
 ])
 def test_bad_config_file_is_a_clear_error(argv, needle, capsys):
   assert cli.main(["run", *argv, "--print-config"]) == 2
