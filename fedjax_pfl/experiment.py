@@ -205,7 +205,8 @@ class _RunLog:
     summary = _summary(self.config, self.records, seconds)
     if self.writer:
       io.write_json_atomic(os.path.join(self.workdir, "summary.json"), summary)
-      io.write_text_atomic(os.path.join(self.workdir, "summary.md"), summary_markdown(summary))
+      io.write_text_atomic(os.path.join(self.workdir, "summary.md"), outputs.summary_markdown(
+          summary, "Run summary: " + outputs.run_title(config_lib.to_dict(self.config))))
       from fedjax_pfl.plots import plot_run
       plot_run(self.workdir)
     return summary

@@ -117,7 +117,8 @@ def plot_run(workdir: str) -> list[str]:
 def find_runs(paths: Sequence[str]) -> list[str]:
   """Run folders under ``paths``: a run's workdir (it has ``summary.json``), a
   ``compare`` folder (runs one level down) or a ``sweep`` folder (runs in
-  ``cells/``); in the given order, each folder's runs sorted by name.
+  ``cells/``); in the given order, a sweep's cells in ``results.jsonl``
+  order, a compare folder's runs in the order they finished.
 
   Raises:
     FileNotFoundError: a path that holds no finished run.
@@ -132,6 +133,11 @@ def find_runs(paths: Sequence[str]) -> list[str]:
       if os.path.isdir(base):
         subs += [os.path.join(base, n) for n in sorted(os.listdir(base))
                  if os.path.exists(os.path.join(base, n, "summary.json"))]
+    results = os.path.join(p, "results.jsonl")
+    order = ({r["cell"]: i for i, r in enumerate(io.read_jsonl(results))}
+             if os.path.exists(results) else {})
+    subs.sort(key=lambda d: (order.get(os.path.basename(d), len(order)),
+                             os.path.getmtime(os.path.join(d, "summary.json")), d))
     if not subs:
       raise FileNotFoundError(
           f"{p}: no summary.json here, in its subfolders or in cells/ (run not finished or "
@@ -239,7 +245,12 @@ def _curves_plot(runs: Sequence[tuple[str, list[dict]]], title: str, out_png: st
     integer_rounds(ax, all_rounds)
   axes[0].set_ylabel("test accuracy (%)")
   fig.suptitle(title)
-  axes[0].legend(fontsize=8)
+  # One legend under both panels, so long labels never cover a curve.
+  handles, names = axes[0].get_legend_handles_labels()
+  ncol = 1 if max(len(n) for n in names) > 45 else min(len(names), 3)
+  fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
+             fontsize=8, frameon=False)
+  fig.tight_layout()
   return save_figure(fig, out_png, legend=False)
 
 

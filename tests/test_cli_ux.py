@@ -216,6 +216,16 @@ def test_tensorboard_resume_purges_rerun_rounds(tmp_path):
   assert [v for _, v in got] == pytest.approx([0.1, 0.2, 0.8, 0.9])
 
 
+def test_resumed_run_extends_its_event_files(tmp_path):
+  workdir = str(tmp_path / "r")
+  assert cli.main(["run", "--algorithm", "fedavg", *SMALL, "--workdir", workdir]) == 0
+  assert cli.main(["run", "--resume", workdir, "--set", "train.rounds=3", "--no-progress"]) == 0
+  assert len(outputs.event_files(workdir)) == 2
+  got = outputs.read_run_scalars(workdir)["accuracy/pooled"]
+  assert got == [(r["round"], pytest.approx(r["accuracy"], rel=1e-6)) for r in _records(workdir)]
+  assert [s for s, _ in got] == [1, 2, 3]
+
+
 def test_summary_md_shows_percentages(fedobp_run):
   with open(os.path.join(fedobp_run, "summary.json")) as f:
     summary = json.load(f)
@@ -223,6 +233,7 @@ def test_summary_md_shows_percentages(fedobp_run):
     text = f.read()
   assert f"| final_accuracy | {100 * summary['final_accuracy']:.2f} % |" in text
   assert f"| best_round | {summary['best_round']} |" in text
+  assert text.startswith("# Run summary: fedobp on digits, Dir(α=0.1), N=5, seed=0\n")
   assert not any(len(tok) > 12 and tok.replace(".", "").isdigit() for tok in text.split())
 
 
