@@ -73,7 +73,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace, algorithm: str) -> config_lib.ExperimentConfig:
-  """Config from defaults, the named flags, then ``--set`` overrides."""
+  """Config from the defaults (or ``--config FILE``), the named flags, then ``--set``."""
   from fedjax_pfl import config_files
   config = config_files.base_config(getattr(args, "config_file", None), algorithm,
                                     getattr(args, "cell", None))
