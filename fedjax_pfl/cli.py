@@ -1,5 +1,7 @@
 """Command line: ``fedjax-pfl run | compare | report | sweep | memory | list``.
 
+Run ``fedjax-pfl <command> --help`` for every option with its default and allowed values.
+
 Invalid values, unusable paths and corrupt files stop with one line
 ``error: <field or file> ...; allowed: ...`` and exit status 2 before any
 compute; a diverged run exits 3; Ctrl-C exits 130 naming the resume command.
@@ -36,33 +38,55 @@ _FEDOBP_FLAGS = {"quantile": float, "norm": str, "scope": str, "score": str}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-  for flag, (_, _, typ) in _FLAGS.items():
-    p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None)
+  from fedjax_pfl.cli_help import flag_help
+  for flag, (section, field, typ) in _FLAGS.items():
+    p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None,
+                   help=flag_help(flag, section, field))
   for flag, typ in _FEDOBP_FLAGS.items():
-    p.add_argument("--" + flag, dest=flag, type=typ, default=None, help="FedOBP only")
+    p.add_argument("--" + flag, dest=flag, type=typ, default=None, help=flag_help(flag))
   p.add_argument("--protocol", default=None, choices=["none", *protocols.PROTOCOLS],
-                 help="reference protocol preset (fedjax_pfl/protocols.py); flags win over it")
+                 help="reference protocol preset: flbench = FL-bench's partition, client "
+                 "stream and normalization; fling = Fling's (fedjax_pfl/protocols.py); "
+                 "explicit flags and --set win over it (default: none)")
   p.add_argument("--strategy", default=None, choices=["auto", "vmap", "sequential"],
-                 help="client parallelism (default: measured per backend)")
+                 help="client parallelism (default: auto, measured per backend; allowed: "
+                 "auto, vmap, sequential) [system.parallelism]")
   p.add_argument("--set", dest="overrides", action="append", default=[],
-                 metavar="SECTION.FIELD=VALUE", help="any other config field (repeatable)")
-  p.add_argument("--workdir", default=None, help="output folder (default runs/<name>)")
+                 metavar="SECTION.FIELD=VALUE", help="any other config field, applied last "
+                 "(repeatable; e.g. train.weight_decay=5e-4, fedobp.ema=true)")
+  p.add_argument("--config", dest="config_file", metavar="FILE", default=None,
+                 help="start from this config instead of the defaults: a .json/.yaml of the "
+                 "config sections (like config.json) or a .py defining get_config() or "
+                 "get_sweep(smoke) (a sweep config; --cell picks its cell); flags and --set "
+                 "apply on top")
+  p.add_argument("--cell", default=None, metavar="NAME",
+                 help="with a sweep --config: the cell to run (name or fnmatch pattern)")
+  p.add_argument("--print-config", action="store_true",
+                 help="print the resolved config as JSON and exit without running")
+  p.add_argument("--workdir", default=None, help="output folder (default: runs/<name>)")
   p.add_argument("--overwrite", action="store_true",
                  help="replace a run already in the workdir (default: refuse it)")
-  p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  p.add_argument("--no-progress", action="store_true",
+                 help="no progress bar: one log line per evaluation instead (also without "
+                 "a terminal)")
   g = p.add_argument_group("multi-process (jax.distributed)")
   g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
                  help="coordinator address; starts jax.distributed with the two flags below")
-  g.add_argument("--num-processes", type=int, default=None)
-  g.add_argument("--process-id", type=int, default=None)
+  g.add_argument("--num-processes", type=int, default=None,
+                 help="number of processes (with --coordinator)")
+  g.add_argument("--process-id", type=int, default=None,
+                 help="this process's id, 0..num-processes-1 (with --coordinator)")
   g.add_argument("--distributed", action="store_true",
                  help="jax.distributed.initialize() from the environment (SLURM, TPU, ...)")
 
 
 def build_config(args: argparse.Namespace, algorithm: str) -> config_lib.ExperimentConfig:
-  """Config from defaults, the named flags, then ``--set`` overrides."""
-  config = protocols.apply_protocol(config_lib.ExperimentConfig(algorithm=algorithm),
-                                    getattr(args, "protocol", None))
+  """Config from the defaults (or ``--config FILE``), the protocol preset, the
+  named flags, then ``--set``."""
+  from fedjax_pfl import config_files
+  config = config_files.base_config(getattr(args, "config_file", None), algorithm,
+                                    getattr(args, "cell", None))
+  config = protocols.apply_protocol(config, getattr(args, "protocol", None))
   sections: dict[str, dict] = {}
   for flag, (section, field, _) in _FLAGS.items():
     value = getattr(args, flag)
@@ -113,10 +137,14 @@ def _run(args) -> int:
     config = runinfo.load_run_config(args.resume, resume_overrides(args))
     workdir = args.resume
   else:
-    if not args.algorithm:
-      raise config_lib.ConfigError("--algorithm is required (or --resume WORKDIR)")
+    if not args.algorithm and not args.config_file:
+      raise config_lib.ConfigError("--algorithm is required (or --config FILE, or --resume "
+                                   "WORKDIR)")
     config = build_config(args, args.algorithm)
     workdir = args.workdir or os.path.join("runs", f"{config.data.dataset}-{config.algorithm}")
+  if args.print_config:
+    print(config_lib.dumps(config))
+    return 0
   io.ensure_writable_dir(workdir)  # before JAX and the data load
   if not args.resume:
     runinfo.check_new_workdir(workdir, config, overwrite=args.overwrite)
@@ -140,6 +168,9 @@ def _resume_hint(workdir: str):
 def _compare(args) -> int:
   names = [algorithms.canonical_name(a) for a in args.algorithms.split(",")]
   configs = [build_config(args, name) for name in names]  # validate all before compute
+  if args.print_config:
+    print("[" + ",\n".join(config_lib.dumps(c) for c in configs) + "]")
+    return 0
   root = args.workdir or os.path.join("runs", f"{configs[0].data.dataset}-compare")
   for config in configs:
     workdir = os.path.join(root, config.algorithm)
@@ -154,6 +185,9 @@ def _compare(args) -> int:
                                     overwrite=args.overwrite))
   table = format_table(summaries)
   io.write_text_atomic(os.path.join(root, "comparison.md"), table + "\n")
+  from fedjax_pfl.plots import comparison_plot
+  comparison_plot([os.path.join(root, c.algorithm) for c in configs],
+                  os.path.join(root, "comparison.png"))
   print(table)
   print(f"results: {root}")
   return 0
@@ -203,7 +237,7 @@ def _sweep(args) -> int:
     args.interrupt_hint = lambda: f"continue the sweep in {out} by running the same command again"
     results = sweep_lib.run_sweep(sw, out, progress=not args.no_progress,
                                   batch=not args.no_batch)
-  body = sweep_lib.render_report(sw, results, report, out, note=note)
+  body = sweep_lib.render_report(sw, results, report, out, note=note, smoke=args.smoke)
   print(body)
   print(f"report: {report}")
   return 0
@@ -241,22 +275,42 @@ def _list(args) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="fedjax-pfl", description=__doc__.splitlines()[0])
+  from fedjax_pfl import __version__
+  parser = argparse.ArgumentParser(
+      prog="fedjax-pfl", description="fedjax-pfl: a vectorized JAX simulator for personalized "
+      "federated learning. Commands: run, compare, report, sweep, memory, list; "
+      "'fedjax-pfl COMMAND --help' lists each option with its default and allowed values.")
+  parser.add_argument("--version", action="version", version=f"fedjax-pfl {__version__}")
   sub = parser.add_subparsers(dest="command", required=True)
-  run = sub.add_parser("run", help="run one algorithm")
-  run.add_argument("--algorithm", help="e.g. fedobp, fedavg, local (see `list`)")
+  run = sub.add_parser("run", help="run one algorithm",
+                       description="Run one algorithm; writes config.json, metrics.jsonl, "
+                       "metrics.csv, tb/ (TensorBoard), summary.json/.md, PNG plots and "
+                       "checkpoints/ into --workdir.")
+  run.add_argument("--algorithm", help="algorithm name (required unless --config or --resume "
+                   "gives it; allowed: " + ", ".join(sorted(algorithms.REGISTRY))
+                   + "; `fedjax-pfl list` describes them)")
   run.add_argument("--resume", metavar="WORKDIR", default=None,
                    help="continue the run in WORKDIR from its latest intact checkpoint (with "
                         "its config.json); only --rounds (upward), --eval-every and --set "
                         "train.rounds|eval_every|checkpoint_every|keep_checkpoints may change")
   _add_common(run)
   run.set_defaults(func=_run)
-  cmp = sub.add_parser("compare", help="run several algorithms on the same data")
-  cmp.add_argument("--algorithms", default="fedobp,fedavg,local")
+  cmp = sub.add_parser("compare", help="run several algorithms on the same data",
+                       description="Run several algorithms on the same data and settings; "
+                       "writes one run folder per algorithm, comparison.md and "
+                       "comparison.png (pooled and client-mean accuracy) into --workdir.")
+  cmp.add_argument("--algorithms", default="fedobp,fedavg,local",
+                   help="comma-separated algorithm names (default: fedobp,fedavg,local; "
+                   "allowed: see `fedjax-pfl list`)")
   _add_common(cmp)
   cmp.set_defaults(func=_compare)
-  rep = sub.add_parser("report", help="compare finished runs: one table and one plot")
-  rep.add_argument("workdirs", nargs="+", metavar="WORKDIR")
+  rep = sub.add_parser("report", help="compare finished runs: one table and one plot",
+                       description="Compare finished runs: report.md (one row per run, "
+                       "keyed by the settings that differ) and report.png (pooled and "
+                       "client-mean accuracy). Warns when the runs differ in data, model or "
+                       "training settings.")
+  rep.add_argument("workdirs", nargs="+", metavar="FOLDER",
+                   help="run workdirs, compare folders or sweep folders")
   rep.add_argument("--out", default="runs/report", help="output folder (default runs/report)")
   rep.set_defaults(func=_report)
   swp = sub.add_parser("sweep", help="run a published table/figure config (resumable)")
@@ -275,23 +329,38 @@ def make_parser() -> argparse.ArgumentParser:
                    help="run every cell on its own (by default cells that differ only in "
                    "the seed, learning rate or batchable algorithm fields such as FedOBP's "
                    "quantile share one program where the execution is vmap + scan)")
-  swp.add_argument("--no-progress", action="store_true")
+  swp.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one log line per evaluation instead")
   swp.set_defaults(func=_sweep)
   mem = sub.add_parser("memory", help="memory needed per device for N clients")
-  mem.add_argument("--algorithm", default="fedobp")
-  mem.add_argument("--dataset", default="fashion_mnist")
-  mem.add_argument("--clients", type=int, default=100)
-  mem.add_argument("--devices", type=int, default=1)
-  mem.add_argument("--participation", type=float, default=0.1)
-  mem.add_argument("--batch-size", type=int, default=32)
-  mem.add_argument("--model", default="auto")
-  mem.add_argument("--data-placement", default="replicated", choices=["replicated", "by_client"])
+  mem.add_argument("--algorithm", default="fedobp",
+                   help="algorithm (default: %(default)s; allowed: see `fedjax-pfl list`)")
+  mem.add_argument("--dataset", default="fashion_mnist",
+                   help="dataset (default: %(default)s; allowed: "
+                   + _choices_text("datasets") + ")")
+  mem.add_argument("--clients", type=int, default=100,
+                   help="number of clients N (default: %(default)s; allowed: >= 1)")
+  mem.add_argument("--devices", type=int, default=1,
+                   help="devices of the clients mesh axis (default: %(default)s)")
+  mem.add_argument("--participation", type=float, default=0.1,
+                   help="share of clients per round (default: %(default)s; allowed: (0, 1])")
+  mem.add_argument("--batch-size", type=int, default=32,
+                   help="local batch size (default: %(default)s)")
+  mem.add_argument("--model", default="auto",
+                   help="model (default: %(default)s; allowed: " + _choices_text("models") + ")")
+  mem.add_argument("--data-placement", default="replicated", choices=["replicated", "by_client"],
+                   help="dataset layout (default: %(default)s; allowed: replicated, by_client)")
   mem.add_argument("--max-client-examples", type=int, default=None,
                    help="train + test examples of the largest client (by_client layout)")
   mem.set_defaults(func=_memory)
   lst = sub.add_parser("list", help="list algorithms")
   lst.set_defaults(func=_list)
   return parser
+
+
+def _choices_text(name: str) -> str:
+  from fedjax_pfl.cli_help import choices_text
+  return choices_text(name)
 
 
 def init_distributed(args) -> None:

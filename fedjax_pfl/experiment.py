@@ -1,9 +1,12 @@
 """The run loop: config -> data -> model -> algorithm -> rounds -> results.
 
 Outputs in ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON object per
-evaluation), ``summary.json``, ``summary.md``, ``checkpoints/`` and the PNG plots
-``accuracy.png``, ``loss.png``, ``client_accuracy_hist.png``; all written
-atomically, JSON always valid (a non-finite number is written as null).
+evaluation), ``metrics.csv`` (its scalars, one row per evaluation),
+``tb/`` (TensorBoard event files), ``summary.json``, ``summary.md``,
+``checkpoints/`` and the PNG plots ``accuracy.png``, ``loss.png``,
+``client_accuracy_hist.png`` (:mod:`fedjax_pfl.outputs`,
+:mod:`fedjax_pfl.plots`); all but the event files written atomically, JSON
+always valid (a non-finite number is written as null).
 
 ``config.json`` holds the config plus a ``run`` entry: the resolved ``auto``
 choices (execution, round loop, model, convolution, data source), the
@@ -22,7 +25,7 @@ from typing import Any, Callable
 
 import jax
 
-from fedjax_pfl import algorithms, io, runinfo
+from fedjax_pfl import algorithms, io, outputs, runinfo
 from fedjax_pfl import config as config_lib
 from fedjax_pfl.core import backend, rng
 from fedjax_pfl.core.local import LocalSpec, make_optimizer
@@ -184,8 +187,8 @@ def _comm_summary(totals: dict) -> dict:
 
 
 def summary_markdown(summary: dict) -> str:
-  rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
-  return f"# Run summary\n\n| field | value |\n|---|---|\n{rows}\n"
+  """``summary.md`` (accuracies in %; :func:`outputs.summary_markdown`)."""
+  return outputs.summary_markdown(summary)
 
 
 class _RunLog:
@@ -200,6 +203,7 @@ class _RunLog:
     self.ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     self.records: list[dict] = []
     self.comm: dict = {}
+    self.tb: outputs.TensorBoardLog | None = None
 
   def restore(self, state):
     """The latest intact checkpoint's state (None: none), after checking that
@@ -255,6 +259,7 @@ class _RunLog:
   def write_metrics(self) -> None:
     if self.writer:
       io.write_jsonl_atomic(os.path.join(self.workdir, "metrics.jsonl"), self.records)
+      outputs.write_csv(self.workdir, self.records)
 
   def add_round(self, round_idx: int, metrics: dict) -> None:
     _check_finite(metrics, round_idx)
@@ -266,15 +271,33 @@ class _RunLog:
   def add_eval(self, record: dict) -> dict:
     record["comm_totals"] = dict(self.comm)
     _check_finite(record, record["round"])
+    if self.writer and self.tb is None:  # opened here: a resumed run knows its records now
+      first_new = self.records[-1]["round"] + 1 if self.records else 1
+      self.tb = outputs.TensorBoardLog(self.workdir, first_new_round=first_new)
     self.records.append(record)
     self.write_metrics()
+    if self.tb is not None:
+      self.tb.add(record)
     return record
+
+  def log_eval(self, record: dict, total_rounds: int) -> None:
+    """One stderr line per evaluation (when no progress bar is shown)."""
+    if self.writer:
+      outputs.log_line(outputs.eval_line(
+          record, prefix=os.path.basename(os.path.normpath(self.workdir)),
+          total_rounds=total_rounds))
+
+  def close(self) -> None:
+    self.ckpt.close()
+    if self.tb is not None:
+      self.tb.close()
 
   def finish(self, seconds: float) -> dict:
     summary = _summary(self.config, self.records, seconds)
     if self.writer:
       io.write_json_atomic(os.path.join(self.workdir, "summary.json"), summary)
-      io.write_text_atomic(os.path.join(self.workdir, "summary.md"), summary_markdown(summary))
+      io.write_text_atomic(os.path.join(self.workdir, "summary.md"), outputs.summary_markdown(
+          summary, "Run summary: " + outputs.run_title(config_lib.to_dict(self.config))))
       from fedjax_pfl.plots import plot_run
       plot_run(self.workdir)
     return summary
@@ -366,6 +389,8 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
         if on_eval:
           on_eval(record)
         bar.set_postfix(acc=f"{record['accuracy']:.4f}", refresh=False)
+        if bar.disable:
+          log.log_eval(record, t.rounds)
       if last or (t.checkpoint_every and state.round % t.checkpoint_every == 0):
         log.save(state)
       bar.update(1)
@@ -375,7 +400,7 @@ def run(config: config_lib.ExperimentConfig, workdir: str, *, progress: bool = T
     raise log.diverged(e) from None
   finally:
     bar.close()
-    log.ckpt.close()
+    log.close()
   return log.finish(time.perf_counter() - start)
 
 
@@ -478,7 +503,9 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
       if state.round % t.eval_every == 0 or last:
         seconds = round(time.perf_counter() - start, 3)
         for log, chunk, ev in zip(logs, chunks, sim.evaluate_batch(state, hparams)):
-          log.add_eval({"round": state.round, "seconds": seconds, **chunk[-1], **ev})
+          record = log.add_eval({"round": state.round, "seconds": seconds, **chunk[-1], **ev})
+          if bar.disable:
+            log.log_eval(record, t.rounds)
       if last or (t.checkpoint_every and state.round % t.checkpoint_every == 0):
         for i, log in enumerate(logs):
           log.save(sim.unstack_run(state, i))
@@ -487,7 +514,7 @@ def run_batch(configs: list[config_lib.ExperimentConfig], workdirs: list[str], *
   finally:
     bar.close()
     for log in logs:
-      log.ckpt.close()
+      log.close()
   return [log.finish(time.perf_counter() - start) for log in logs]
 
 
@@ -507,6 +534,11 @@ def _check_finite(metrics: dict, round_idx: int) -> None:
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
+  """A tqdm bar on a terminal; disabled (``bar.disable``) when not ``enabled``
+  or stderr is no TTY, and then each evaluation logs one line instead."""
+  import sys
+
   from tqdm.auto import tqdm
-  return tqdm(total=total, initial=initial, desc=desc, unit="round", disable=not enabled,
+  shown = enabled and sys.stderr.isatty()
+  return tqdm(total=total, initial=initial, desc=desc, unit="round", disable=not shown,
               dynamic_ncols=True)

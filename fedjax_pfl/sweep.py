@@ -188,17 +188,28 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
   return results
 
 
-def table(sweep: Sweep, results: Sequence[dict]) -> tuple[str, dict]:
+def table(sweep: Sweep, results: Sequence[dict], *, smoke: bool = False) -> tuple[str, dict]:
   """Markdown table: per (row, column) mean ± std over seeds (population std,
   ``np.std``; shown from 2 seeds on) of ``sweep.scale * sweep.metric``, the
-  paper's value and the difference."""
+  paper's value and the difference.
+
+  With ``smoke`` (the CI size, other data than the paper's), columns are
+  labelled with the datasets actually run and neither the paper's numbers
+  nor a difference to them are shown."""
   groups: dict[tuple[str, str], list[float]] = {}
   for r in results:
     groups.setdefault((r["row"], r["column"]), []).append(sweep.scale * r[sweep.metric])
   rows = list(dict.fromkeys(r["row"] for r in results))
   cols = list(dict.fromkeys(r["column"] for r in results))
-  head = "| method | " + " | ".join(f"{c} (ours) | {c} (paper) | Δ" for c in cols) + " |"
-  sep = "|---|" + "---|---|---|" * len(cols)
+  if smoke:
+    ran = {col: sorted({r.get("dataset", "?") for r in results if r["column"] == col})
+           for col in cols}
+    head = "| method | " + " | ".join(f"ours, smoke run on {', '.join(ran[c])} (stands for: {c})"
+                                      for c in cols) + " |"
+    sep = "|---|" + "---|" * len(cols)
+  else:
+    head = "| method | " + " | ".join(f"{c} (ours) | {c} (paper) | Δ" for c in cols) + " |"
+    sep = "|---|" + "---|---|---|" * len(cols)
   lines, stats = [head, sep], {}
   for row in rows:
     cells = []
@@ -206,22 +217,31 @@ def table(sweep: Sweep, results: Sequence[dict]) -> tuple[str, dict]:
       vals = groups.get((row, col))
       paper = sweep.paper.get((row, col))
       if not vals:
-        cells.append("– | – | –")
+        cells.append("–" if smoke else "– | – | –")
         continue
       mean, std = float(np.mean(vals)), float(np.std(vals))
       stats[(row, col)] = (mean, std, len(vals))
       ours = (f"{mean:.2f} ({std:.2f}, n={len(vals)})" if len(vals) > 1
               else f"{mean:.2f} (n=1)")  # no spread to report from one seed
-      cells.append(f"{ours} | {paper:.2f} | {mean - paper:+.2f}" if paper is not None
-                   else f"{ours} | – | –")
+      if smoke:
+        cells.append(ours)
+      else:
+        cells.append(f"{ours} | {paper:.2f} | {mean - paper:+.2f}" if paper is not None
+                     else f"{ours} | – | –")
     lines.append(f"| {row} | " + " | ".join(cells) + " |")
   return "\n".join(lines), stats
 
 
 def render_report(sweep: Sweep, results: Sequence[dict], out_md: str, sweep_out: str,
-                  note: str = "") -> str:
-  """Writes the Markdown report (and the sweep's PNG, if it has a plot)."""
-  text, _ = table(sweep, results)
+                  note: str = "", *, smoke: bool = False) -> str:
+  """Writes the Markdown report (and the sweep's PNG, if it has a plot).
+
+  ``smoke``: the CI size; the report says so and leaves the paper's numbers out
+  (:func:`table`)."""
+  text, _ = table(sweep, results, smoke=smoke)
+  if smoke:
+    note = ("Smoke size (CI): tiny runs on other data than the paper's; not comparable to "
+            "the published numbers, which are left out." + (f"\n\n{note}" if note else ""))
   sizes = sorted({(r["dataset"], r["rounds"]) for r in results})
   unit = "%" if sweep.scale == 100.0 else f"x{sweep.scale:g}"
   body = (f"# {sweep.title}\n\n{note}\n\nMetric: `{sweep.metric}` ({unit}), mean (std, n seeds; "

@@ -75,15 +75,15 @@ class FedOBPConfig:
 
   def validate(self) -> None:
     if not is_traced(self.quantile) and not 0.0 <= self.quantile <= 1.0:
-      raise ValueError(f"fedobp.quantile={self.quantile}; allowed: [0, 1]")
+      raise ValueError(f"fedobp.quantile={self.quantile} is invalid; allowed: [0, 1]")
     if self.norm not in ops.NORMS:
-      raise ValueError(f"fedobp.norm={self.norm!r}; allowed: {list(ops.NORMS)}")
+      raise ValueError(f"fedobp.norm={self.norm!r} is invalid; allowed: {list(ops.NORMS)}")
     if self.scope not in ("all", "classifier"):
-      raise ValueError(f"fedobp.scope={self.scope!r}; allowed: ['all', 'classifier']")
+      raise ValueError(f"fedobp.scope={self.scope!r} is invalid; allowed: ['all', 'classifier']")
     if self.score not in SCORES:
-      raise ValueError(f"fedobp.score={self.score!r}; allowed: {sorted(SCORES)}")
+      raise ValueError(f"fedobp.score={self.score!r} is invalid; allowed: {sorted(SCORES)}")
     if not 0.0 <= self.ema_alpha < 1.0:
-      raise ValueError(f"fedobp.ema_alpha={self.ema_alpha}; allowed: [0, 1)")
+      raise ValueError(f"fedobp.ema_alpha={self.ema_alpha} is invalid; allowed: [0, 1)")
 
 
 class FedOBPClient(NamedTuple):

@@ -298,9 +298,14 @@ def load_federated(
   if max_examples is not None and max_examples < y.size:
     keep = np.sort(np.random.default_rng([seed, 1]).choice(y.size, max_examples, replace=False))
     x, y, is_test = x[keep], y[keep], is_test[keep]
-  if num_clients > y.size:
-    raise partition_lib.PartitionError(f"data.num_clients={num_clients} exceeds the {y.size} available "
-                         f"examples of {dataset!r}; allowed: 1..{y.size}")
+  limit, why = y.size, f"{y.size} examples of {dataset!r}"
+  if partition == "dirichlet" and min_samples_per_client > 0:
+    # Every client needs min_samples_per_client examples.
+    limit = y.size // min_samples_per_client
+    why += f" / data.min_samples_per_client={min_samples_per_client}"
+  if num_clients > limit:
+    raise partition_lib.PartitionError(
+      f"data.num_clients={num_clients} is invalid; allowed: 1..{limit} ({why})")
   rng = np.random.default_rng(seed)
   train_lists, test_lists = PARTITIONS[partition](y, is_test, opts, rng)
   train_idx, train_counts = pad_indices(train_lists)

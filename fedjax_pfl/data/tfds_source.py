@@ -63,8 +63,8 @@ def _read_split(
       f"cannot open TFDS dataset {name!r} split {split!r} in {where}. It must be "
       f"prepared there in ArrayRecord format (e.g. `tfds build {name} "
       "--file_format=array_record --data_dir DIR` on a machine with network access, "
-      "then pass that data_dir), or pass download=True where network access is "
-      f"available. TFDS said: {type(e).__name__}: {e}"
+      "then pass that folder with --data-dir DIR, i.e. data.data_dir; the CLI never "
+      f"downloads). TFDS said: {type(e).__name__}: {e}"
     ) from e
   n = len(source)
   _, shape = TFDS_DATASETS[name]

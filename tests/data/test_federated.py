@@ -94,7 +94,9 @@ def test_idx_pools_train_and_test(tmp_path):
     ({"max_examples": 5}, ValueError, "max_examples"),
     ({"shards_per_client": 0}, ValueError, "shards_per_client"),
     ({"max_retries": 0}, ValueError, "max_retries"),
-    ({"num_clients": 2000}, ValueError, "exceeds"),
+    # Dirichlet: every client needs min_samples_per_client=10 of the 1797 examples.
+    ({"num_clients": 2000}, ValueError, r"num_clients=2000 is invalid; allowed: 1\.\.179 "),
+    ({"num_clients": 2000, "partition": "iid"}, ValueError, r"allowed: 1\.\.1797 "),
   ],
 )
 def test_validation(kwargs, exc, match):
