@@ -55,8 +55,10 @@ def plot(res: dict, path: str) -> None:
   import matplotlib.pyplot as plt
   cfg = res["config"]
   fig, ax = plt.subplots(figsize=(8.5, 5.2))
+  top = 10 * max(v[0] for v in res["curves"].values())
   for name, values in res["curves"].items():
-    ax.semilogy(np.clip(values, 1e-16, 1e30), label=name,
+    label = name + (" (diverges, clipped)" if values[-1] > top else "")
+    ax.semilogy(np.clip(values, 1e-16, top), label=label,
                 ls="--" if "no attackers" in name else "-")
   ax.set(xlabel="round", ylabel=r"$\|\nabla F(x)\|$ (honest clients)",
          title=f"Byzantine FFGG: {cfg['honest']} honest + {cfg['attackers']} flipped-gradient "

@@ -89,8 +89,9 @@ def plot(result: dict, path: str) -> None:
     ax.legend(fontsize=8)
   axes[0].set_ylabel(r"$\|\nabla F(x^k)\|$")
   cfg = result["config"]
-  fig.suptitle(f"overpersonalized quadratic: M={cfg['clients']}, d_x={cfg['dim_x']}, "
-               f"d_y={cfg['dim_y']}, n={cfg['rows']}")
+  fig.suptitle(f"the project's overpersonalized quadratic (Gaussian, condition "
+               f"{cfg['condition']:g}; not the authors' instance): M={cfg['clients']}, "
+               f"d_x={cfg['dim_x']}, d_y={cfg['dim_y']}, n={cfg['rows']}")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
