@@ -126,7 +126,7 @@ class FlexPSFLConfig:
     assignment: ``"round_robin"`` (client i gets ``budgets[i % len]``) or
       ``"random"`` (a seeded uniform draw per client, fixed for the run).
     seed: seed of the ``random`` assignment.
-    align_lambda: weight of the alignment KL term (0 switches it off).
+    align_lambda: weight of the alignment term (0 switches it off).
     temperature: distillation temperature ``T > 0``.
     eval_server_side: ``"personal"`` (the client's last server-side copy) or
       ``"global"`` (the global server-side blocks).

@@ -139,3 +139,29 @@ def test_l2gd_without_penalty_never_mixes(hetero):
   np.testing.assert_allclose(x, np.mean(xs, 0), rtol=1e-9, atol=1e-12)
   with pytest.raises(ValueError, match="tau=1"):
     bl.l2gd(p, KEY, iterations=1, lr=lr, tau=1, lam=1.0)
+
+
+def test_notebook_noise_is_one_shift_per_target():
+  """The notebooks' ``noise * rng.normal(n)`` adds one scalar to every row: the
+  targets are then exactly affine in the features; proper noise is not."""
+  def misfit(notebook_noise):
+    p = inst.notebook_problem(0, zeta=1.0, noise=0.1, notebook_noise=notebook_noise,
+                              dtype=jnp.float64, **SMALL)
+    H, b = np.asarray(p.H[0]), np.asarray(p.b[0])
+    design = np.concatenate([H, np.ones((H.shape[0], 1))], axis=1)
+    return np.linalg.norm(design @ np.linalg.lstsq(design, b, rcond=None)[0] - b)
+  assert misfit(True) < 1e-10 and misfit(False) > 1e-2
+
+
+def test_cold_start_draws_y_every_round_by_hand(hetero):
+  p, c = hetero
+  lr = 1 / c["L_F"]
+  x1, _ = q.ffgg(p, KEY, rounds=1, lr_out=lr, lr_in=0.0, inner_steps=0)  # y = the cold draw
+  y = jax.random.normal(jax.random.fold_in(KEY, 0), (4, 4), jnp.float64)
+  ref = -lr * jnp.mean(q.grads(p, jnp.zeros(8), y)[0], axis=0)
+  np.testing.assert_allclose(x1, ref, rtol=1e-10, atol=1e-12)
+  warm, _ = q.ffgg(p, KEY, rounds=1, lr_out=lr, inner_steps=0, warm_start=True)  # y = 0
+  np.testing.assert_allclose(warm, -lr * jnp.mean(q.grads(p, jnp.zeros(8), jnp.zeros((4, 4)))[0],
+                                                  axis=0), rtol=1e-10, atol=1e-12)
+  assert inst.notebook_lr(inst.gram_of(p)) == pytest.approx(
+      1 / float(inst.gram_of(p).L_clients[-1]))
