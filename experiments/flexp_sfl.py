@@ -4,7 +4,8 @@ Usage::
 
   python experiments/flexp_sfl.py --out /tmp/flexp_sfl [--rounds 30]
 
-Runs FlexP-SFL (alignment on and off), SplitFed (the weakest client's cut for
+Runs FlexP-SFL (alignment on and off; and v2's aggregation-free choices: no client-side
+aggregation, without alignment, with feature alignment, U-shaped), SplitFed (the weakest client's cut for
 all), SplitFed with personal heads, FedAvg and Local-Only with the same data,
 model (the MLP), seed and training settings, each in ``<out>/<name>/`` (the
 usual run outputs), then writes ``flexp_sfl.md`` (accuracy and accounting
@@ -25,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -40,10 +42,16 @@ ACCOUNTING = ("client_flops", "server_flops", "act_uplink_bytes", "act_downlink_
 
 
 def runs(budgets: str, align: float) -> dict:
+  v2 = dict(budgets=budgets, aggregate_client_side=False)
   return {
       f"FlexP-SFL (lambda={align})": ("flexp_sfl", FlexPSFLConfig(budgets=budgets,
                                                                  align_lambda=align)),
       "FlexP-SFL (lambda=0)": ("flexp_sfl", FlexPSFLConfig(budgets=budgets, align_lambda=0.0)),
+      "FlexP-SFL, no client aggregation": ("flexp_sfl", FlexPSFLConfig(alignment="none", **v2)),
+      f"FlexP-SFL, no client aggr., feature align ({align})": (
+          "flexp_sfl", FlexPSFLConfig(alignment="feature", align_lambda=align, **v2)),
+      "FlexP-SFL, no client aggr., U-shaped": (
+          "flexp_sfl", FlexPSFLConfig(alignment="none", u_shaped=True, **v2)),
       "SplitFed (weakest cut)": ("splitfed", SplitFedConfig(budgets=budgets)),
       "SplitFed + personal heads": ("splitfed_ph", SplitFedConfig(budgets=budgets)),
       "FedAvg": ("fedavg", None),
@@ -97,8 +105,11 @@ def markdown(rows: list[dict], args) -> str:
            f"{r['MiB_up']:.3f} | {r['MiB_down']:.3f} |" for r in rows]
   return (f"# FlexP-SFL on digits ({args.rounds} rounds, {args.clients} clients, "
           f"participation {args.participation}, budgets {args.budgets})\n\n"
-          "FlexP-SFL is the project's working definition (only the paper's abstract is "
-          "available). Accounting: means per client and round.\n\n" + head + "\n".join(lines)
+          "FlexP-SFL is the project's working definition (only the v1 abstract is available; "
+          "arXiv now holds a v2, aggregation-free, whose body is not available either): this "
+          "table compares that definition with its baselines, it is not a reproduction of the "
+          "paper. The 'no client aggregation' rows are the options that follow v2's abstract. "
+          "Accounting: means per client and round.\n\n" + head + "\n".join(lines)
           + "\n")
 
 
@@ -161,8 +172,7 @@ def main(argv=None) -> list[dict]:
   for name, (algorithm, algo) in runs(args.budgets, args.align).items():
     cfg = config_lib.ExperimentConfig(algorithm=algorithm, data=data_cfg, model=model_cfg,
                                       train=train, algo=algo)
-    workdir = os.path.join(args.out, algorithm + ("" if algo is None or algorithm != "flexp_sfl"
-                                                  else f"_lambda{algo.align_lambda}"))
+    workdir = os.path.join(args.out, re.sub(r"[^a-z0-9.]+", "_", name.lower()).strip("_"))
     experiment.run(cfg, workdir, progress=False, overwrite=True)
     rows.append(summarize(name, algorithm, workdir, fwd))
     print(f"{name:28s} final acc {100 * rows[-1]['final_accuracy']:.2f}")

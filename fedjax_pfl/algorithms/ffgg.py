@@ -19,9 +19,13 @@ personal head ``y_i`` (default: the classifier). Round k, sampled client i:
   ``(x^{k-s} - x_K) / local_lr = sum_j g_j``;
 * Byzantine clients (ids ``< num_byzantine``) upload ``byzantine_scale *
   N(0, I)`` instead (key: the client's round context key);
-* server: ``G = mean_i(n_i g_i)`` or the coordinate-wise median over buckets
-  shuffled with the round's server key (``aggregator="bucketed_median"``); ``x^{k+1}`` = one optax step
-  (SGD, ``server_lr = gamma_out``) from ``x^k`` with gradient G.
+* server: ``G = sum_i w_i g_i / sum_i w_i`` with uniform client weights
+  ``w_i = 1`` (``client_weights="uniform"``, the paper's objective ``F = 1/M
+  sum_m F_m``) or train-set sizes ``w_i = n_i`` (``"samples"``), or the
+  coordinate-wise median over buckets shuffled with the round's server key
+  (``aggregator="bucketed_median"``,
+  bucket means with the same weights); ``x^{k+1}`` = one optax step (SGD,
+  ``server_lr = gamma_out``) from ``x^k`` with gradient G.
 * asynchronous (``staleness = s``): clients compute at ``x^{k-s}`` (a ring
   buffer of the last ``s + 1`` bodies in the server state; ``x^{j<0} = x^0``),
   the server applies the stale gradients to the current ``x^k``.
@@ -29,9 +33,11 @@ personal head ``y_i`` (default: the classifier). Round k, sampled client i:
 Evaluation: current body + the client's stored (fine-tuned) head.
 
 Choices (the paper's network details are UNVERIFIED): the head steps cycle
-over the client's own minibatches (``tau`` real steps whatever its data size);
-Local FFGG fine-tunes the head once, before the K body steps. Models with
-BatchNorm statistics are not supported.
+over the client's own minibatches (``tau`` real steps whatever its data size).
+Local FFGG (Algorithm 4, whose text was not retrieved) is read as: fine-tune
+the head ONCE at ``x^{k-s}``, then K body steps with the head fixed, upload
+the pseudo-gradient; :func:`fedjax_pfl.ffgg.quadratic.ffgg` follows the same
+reading. Models with BatchNorm statistics are not supported.
 
 Degenerate equivalences: ``staleness = 0`` is synchronous FFGG; ``local_steps =
 1`` is FFGG; ``bucket_size >= cohort`` makes the median the weighted mean;
@@ -63,6 +69,8 @@ from fedjax_pfl.core.local import (
 from fedjax_pfl.ffgg.quadratic import AGGREGATORS, bucketed_median
 from fedjax_pfl.ops.aggregation import weighted_mean
 
+CLIENT_WEIGHTS = ("uniform", "samples")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FFGGConfig:
@@ -84,6 +92,8 @@ class FFGGConfig:
     byzantine_scale: std of the Byzantine noise.
     aggregator: ``"mean"`` or ``"bucketed_median"``.
     bucket_size: clients per bucket for the median.
+    client_weights: ``"uniform"`` (every participating client 1: the paper's
+      ``1/M`` objective) or ``"samples"`` (train-set sizes).
   """
   personal_layers: str = CLASSIFIER
   inner_steps: int = 10
@@ -100,6 +110,7 @@ class FFGGConfig:
   byzantine_scale: float = 10.0
   aggregator: str = "mean"
   bucket_size: int = 2
+  client_weights: str = "uniform"
 
   def validate(self) -> None:
     check_regex("ffgg", "personal_layers", self.personal_layers)
@@ -121,6 +132,9 @@ class FFGGConfig:
       raise ValueError(f"ffgg.byzantine_scale={self.byzantine_scale}; allowed: >= 0")
     if self.aggregator not in AGGREGATORS:
       raise ValueError(f"ffgg.aggregator={self.aggregator!r}; allowed: {list(AGGREGATORS)}")
+    if self.client_weights not in CLIENT_WEIGHTS:
+      raise ValueError(f"ffgg.client_weights={self.client_weights!r}; "
+                       f"allowed: {list(CLIENT_WEIGHTS)}")
 
 
 class FFGGServer(NamedTuple):
@@ -232,6 +246,13 @@ def _num_batches(count, bsz):
   return count // bsz + batch_active(count % bsz).astype(count.dtype)
 
 
+def client_weights(weights: jax.Array, mode: str) -> jax.Array:
+  """Aggregation weights ``[C]`` from the engine's train-set sizes ``[C]`` (0:
+  padding or no data): ``"samples"`` keeps them, ``"uniform"`` gives every
+  client with data weight 1."""
+  return weights if mode == "samples" else (weights > 0).astype(weights.dtype)
+
+
 def server_optimizer(cfg) -> optax.GradientTransformation:
   """``sgd`` (with momentum) or ``adam`` at ``server_lr``."""
   if cfg.server_optimizer == "adam":
@@ -269,6 +290,7 @@ def ffgg(*, spec, split: Partition, config: FFGGConfig) -> Algorithm:
     return upload, FFGGClient(head, client.byzantine), {"upload_norm": optax.tree.norm(upload)}
 
   def aggregate(server: FFGGServer, uploads, weights, *, ctx):
+    weights = client_weights(weights, cfg.client_weights)
     if cfg.aggregator == "mean":
       grad = weighted_mean(uploads, weights)
     else:

@@ -1,5 +1,8 @@
 """FFGG (Mishchenko et al., arXiv:2305.18285) outside the engine: the synthetic
-overpersonalized quadratic problem and its solvers (:mod:`.quadratic`).
+quadratic problems (:mod:`.quadratic`, the authors' notebook instances in
+:mod:`.instances`), the Fig. 1 baselines (:mod:`.baselines`), event-driven
+asynchronous training (:mod:`.async_`) and the notebook's Byzantine setup
+(:mod:`.byzantine`).
 
 The neural-network algorithm (FFGG, Local / asynchronous / Byzantine-robust
 variants, FedAlt, FedSim) lives in :mod:`fedjax_pfl.algorithms.ffgg`.
@@ -7,10 +10,13 @@ variants, FedAlt, FedSim) lives in :mod:`fedjax_pfl.algorithms.ffgg`.
 
 from fedjax_pfl.ffgg.quadratic import (
     AGGREGATORS,
+    INNER_SOLVERS,
     Quadratic,
     aggregate,
+    assemble,
     best_y,
     bucketed_median,
+    cg_solve,
     constants,
     fedavg_local_steps,
     ffgg,
@@ -21,6 +27,6 @@ from fedjax_pfl.ffgg.quadratic import (
     residuals,
 )
 
-__all__ = ["AGGREGATORS", "Quadratic", "aggregate", "best_y", "bucketed_median", "constants",
-           "fedavg_local_steps", "ffgg", "grad_F", "grad_norm", "grads", "make_problem",
-           "residuals"]
+__all__ = ["AGGREGATORS", "INNER_SOLVERS", "Quadratic", "aggregate", "assemble", "best_y",
+           "bucketed_median", "cg_solve", "constants", "fedavg_local_steps", "ffgg", "grad_F",
+           "grad_norm", "grads", "make_problem", "residuals"]

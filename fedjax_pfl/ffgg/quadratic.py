@@ -10,25 +10,34 @@ B_m y - c_m||^2`` with global ``x [d_x]`` and personal ``y [d_y]``; the goal is
 ``min_x F(x) = 1/M sum_m min_y f_m(x, y)``. By Danskin's theorem ``grad F_m(x) =
 grad_x f_m(x, y*_m(x))`` with ``y*_m(x) = (B_m^T B_m)^{-1} B_m^T (c_m - A_m x)``.
 
-:func:`make_problem` builds an *overpersonalized* instance: ``b_m = H_m x*`` and
-``c_m = A_m x* + B_m y*_m`` with client-specific ``y*_m``, so ``min_y f_m(x*, y) =
-0 = min f_m`` for every m. Deviation from the notebook: Gaussian matrices scaled
-by ``1/sqrt(n)`` (well conditioned) instead of ``U(0, 1)/d`` and an exact shared
-``x*`` (the notebook draws a different target per client, plus noise).
+:func:`make_problem` builds the project's *overpersonalized* instance: ``b_m =
+H_m x*`` and ``c_m = A_m x* + B_m y*_m`` with client-specific ``y*_m``, so
+``min_y f_m(x*, y) = 0 = min f_m`` for every m; Gaussian matrices scaled by
+``1/sqrt(n)`` (well conditioned). The authors' notebook instances (``U(0, 1)/d``
+matrices, heterogeneity scale zeta, per-client targets; the paper's Fig. 1 one
+has kappa_F ~ 256) are :func:`fedjax_pfl.ffgg.instances.notebook_problem`.
 
 Solvers (all ``lax.scan`` over rounds, full participation unless
 ``clients_per_round`` is set; each returns ``(x_final, ||grad F(x^k)||, k = 0..T)``):
 
-* :func:`ffgg`: FFGG. Each client fine-tunes ``y`` (``inner_steps`` GD steps
-  with ``lr_in``, warm-started, or the exact ``y*_m``), returns ``g_m =
-  grad_x f_m``; the server steps ``x <- x - lr_out * agg(g)``. Options: local
-  steps on x (Local FFGG, pseudo-gradient ``(x - x_m^K) / local_lr``), stale
-  gradients (computed at ``x^{k - staleness}``), Byzantine clients (the first
-  ``num_byzantine`` send ``byzantine_scale * N(0, I)``) and the aggregator
+* :func:`ffgg`: FFGG. Each client fine-tunes ``y`` with ``inner_solver``:
+  ``"gd"`` (``inner_steps`` GD steps with ``lr_in``, the Local GD fine-tuner),
+  ``"cg"`` (``inner_steps`` conjugate-gradient steps, :func:`cg_solve`, the
+  paper's Fig. 1a fine-tuner) or ``"exact"`` (``y*_m``); GD and CG start from
+  ``y ~ N(0, I)`` every round as the notebooks do (``warm_start=True``: from
+  the client's previous y). It returns ``g_m = grad_x f_m``; the server steps
+  ``x <- x - lr_out agg(g)``. Options: Local FFGG (``local_steps = K > 1``),
+  stale gradients (computed at ``x^{k - staleness}``), Byzantine clients (the
+  first ``num_byzantine`` send ``byzantine_scale * N(0, I)``) and the aggregator
   (``"mean"`` or ``"bucketed_median"``).
 * :func:`fedavg_local_steps`: FedAvg / Local GD: ``local_steps`` joint GD steps on
   ``(x, y)`` per client, then the server averages ``x`` and, unless
   ``personal_y``, ``y`` too (the notebook's ``Local_SGD`` baseline).
+
+Local FFGG (Algorithm 4; its text was not retrieved). Reading followed here
+and in :mod:`fedjax_pfl.algorithms.ffgg`: the client fine-tunes y ONCE at
+``x^k``, then takes K steps ``x <- x - local_lr grad_x f_m(x, y)`` with y fixed,
+and returns the pseudo-gradient ``(x^k - x_K) / local_lr = sum_j g_j``.
 
 The client axis here is a plain leading array axis handled by batched
 ``einsum``; no engine is involved.
@@ -41,12 +50,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-AGGREGATORS = ("mean", "bucketed_median")
+from fedjax_pfl.ffgg.robust import AGGREGATORS, aggregate, bucketed_median
+
+INNER_SOLVERS = ("gd", "cg", "exact")
 
 
 class Quadratic(NamedTuple):
   """One instance: ``H [M, n, dx]``, ``b [M, n]``, ``A [M, n, dx]``,
-  ``B [M, n, dy]``, ``c [M, n]``, the shared solution ``x_star [dx]`` and,
+  ``B [M, n, dy]``, ``c [M, n]``, the minimiser of F ``x_star [dx]`` and,
   precomputed in float64, ``B_pinv [M, dy, n] = (B^T B)^{-1} B^T`` and the
   affine gradient of F, ``grad F(x) = Q x - r`` (``Q [dx, dx]``, ``r [dx]``)."""
   H: jax.Array
@@ -81,11 +92,19 @@ def make_problem(seed: int = 0, *, num_clients: int = 8, dim_x: int = 100, dim_y
   x_h = x_star + (0.0 if overpersonalized else rng.normal(size=(m, dim_x)))
   b = np.einsum("mnd,md->mn", H, np.broadcast_to(x_h, (m, dim_x)))
   c = A @ x_star + np.einsum("mnd,md->mn", B, y_star)
+  return assemble(H, b, A, B, c, x_star if overpersonalized else None, dtype)
+
+
+def assemble(H, b, A, B, c, x_star=None, dtype=jnp.float32) -> Quadratic:
+  """A :class:`Quadratic` from host float64 arrays (the precomputed fields in
+  float64, then cast to ``dtype``); ``x_star=None``: the minimiser of F,
+  ``Q^{-1} r``."""
   b_pinv = np.linalg.solve(np.swapaxes(B, 1, 2) @ B, np.swapaxes(B, 1, 2))
   proj_a = A - B @ (b_pinv @ A)                     # (I - P_B) A_m
   proj_c = c - np.einsum("mnk,mk->mn", B, np.einsum("mkn,mn->mk", b_pinv, c))
   q = (np.swapaxes(H, 1, 2) @ H + np.swapaxes(A, 1, 2) @ proj_a).mean(0)
   r = (np.einsum("mnd,mn->md", H, b) + np.einsum("mnd,mn->md", A, proj_c)).mean(0)
+  x_star = np.linalg.solve(q, r) if x_star is None else x_star
   return Quadratic(*(jnp.asarray(a, dtype) for a in (H, b, A, B, c, x_star, b_pinv, q, r)))
 
 
@@ -134,57 +153,27 @@ def constants(p: Quadratic) -> dict:
           "L_joint": float(np.linalg.eigvalsh(joint)[:, -1].max())}
 
 
-@functools.partial(jax.jit, static_argnames=("bucket_size",))
-def bucketed_median(values, weights: jax.Array, key: jax.Array, bucket_size: int = 2):
-  """Coordinate-wise median over shuffled buckets (Karimireddy et al. 2022).
-
-  Clients with positive weight are shuffled (``key``), grouped into buckets of
-  ``bucket_size`` in that order, each bucket is replaced by its weighted mean,
-  and the coordinate-wise median over the non-empty buckets is returned
-  (mean of the two middle values for an even count). Weight-0 entries (cohort
-  padding, absent clients) are ignored.
-
-  Args:
-    values: pytree with leaves ``[C, ...]``.
-    weights: ``[C]`` non-negative.
-    key: shuffle key.
-    bucket_size: ``s >= 1`` (1: plain coordinate-wise median).
+def cg_solve(p: Quadratic, x, y0, steps) -> jax.Array:
+  """``steps`` conjugate-gradient iterations on ``min_y f_m(x_m, y)``, i.e. on
+  ``B_m^T B_m y = B_m^T (c_m - A_m x_m)``, from ``y0 [M, dy]``, per client
+  (Hestenes-Stiefel; exact after ``dy`` steps in exact arithmetic; the paper's
+  Fig. 1a fine-tuner). ``x`` is ``[dx]`` or ``[M, dx]``; ``steps`` may be traced.
 
   Returns:
-    Pytree of leaves ``[...]`` (zeros if every weight is 0).
+    ``y [M, dy]``.
   """
-  c = weights.shape[0]
-  nb = -(-c // bucket_size)
-  pad = nb * bucket_size - c
-  u = jnp.where(weights > 0, jax.random.uniform(key, (c,)), 2.0)
-  order = jnp.argsort(u)
-  wb = jnp.pad(weights[order].astype(jnp.float32), (0, pad)).reshape(nb, bucket_size)
-  total = jnp.sum(wb, axis=1)
-  valid = total > 0
-  count = jnp.sum(valid)
-  lo, hi = jnp.maximum((count - 1) // 2, 0), jnp.maximum(count // 2, 0)
+  res = -grads(p, x, y0)[1]                         # B^T (c - A x - B y0)
 
-  def one(leaf):
-    v = jnp.pad(leaf[order], ((0, pad),) + ((0, 0),) * (leaf.ndim - 1))
-    v = v.reshape((nb, bucket_size) + leaf.shape[1:])
-    w = wb.reshape((nb, bucket_size) + (1,) * (leaf.ndim - 1)).astype(leaf.dtype)
-    means = jnp.sum(w * v, axis=1) / jnp.maximum(total, 1e-30).reshape(
-        (nb,) + (1,) * (leaf.ndim - 1)).astype(leaf.dtype)
-    means = jnp.where(valid.reshape((nb,) + (1,) * (leaf.ndim - 1)), means, jnp.inf)
-    srt = jnp.sort(means, axis=0)
-    med = 0.5 * (jnp.take(srt, lo, axis=0) + jnp.take(srt, hi, axis=0))
-    return jnp.where(count > 0, med, jnp.zeros_like(med))
-  return jax.tree.map(one, values)
-
-
-def aggregate(values, weights, key, aggregator: str, bucket_size: int):
-  """``"mean"`` (weighted) or ``"bucketed_median"`` over the leading axis."""
-  if aggregator == "mean":
-    w = weights / jnp.maximum(jnp.sum(weights), 1e-30)
-    return jax.tree.map(lambda v: jnp.tensordot(w.astype(v.dtype), v, axes=(0, 0)), values)
-  if aggregator == "bucketed_median":
-    return bucketed_median(values, weights, key, bucket_size)
-  raise ValueError(f"aggregator={aggregator!r}; allowed: {AGGREGATORS}")
+  def body(_, state):
+    y, r, d = state
+    bd = jnp.einsum("mne,me->mn", p.B, d)
+    dad = jnp.sum(bd * bd, axis=1)
+    rr = jnp.sum(r * r, axis=1)
+    alpha = jnp.where(dad > 0, rr / jnp.where(dad > 0, dad, 1.0), 0.0)[:, None]
+    r_new = r - alpha * jnp.einsum("mne,mn->me", p.B, bd)
+    beta = jnp.where(rr > 0, jnp.sum(r_new * r_new, axis=1) / jnp.where(rr > 0, rr, 1.0), 0.0)
+    return y + alpha * d, r_new, r_new + beta[:, None] * d
+  return jax.lax.fori_loop(0, steps, body, (y0, res, res))[0]
 
 
 class _FFGGCarry(NamedTuple):
@@ -194,7 +183,8 @@ class _FFGGCarry(NamedTuple):
 
 
 def ffgg(p: Quadratic, key: jax.Array, *, rounds: int, lr_out: float, lr_in: float = 0.0,
-         inner_steps: int = 0, exact_inner: bool = False, warm_start: bool = True,
+         inner_steps: int = 0, exact_inner: bool = False, inner_solver: str = "gd",
+         warm_start: bool = False,
          clients_per_round: int | None = None, local_steps: int = 1,
          local_lr: float | None = None, staleness: int = 0, num_byzantine: int = 0,
          byzantine_scale: float = 100.0, aggregator: str = "mean", bucket_size: int = 2,
@@ -210,13 +200,16 @@ def ffgg(p: Quadratic, key: jax.Array, *, rounds: int, lr_out: float, lr_in: flo
   """
   if aggregator not in AGGREGATORS:
     raise ValueError(f"aggregator={aggregator!r}; allowed: {AGGREGATORS}")
+  if inner_solver not in INNER_SOLVERS:
+    raise ValueError(f"inner_solver={inner_solver!r}; allowed: {INNER_SOLVERS}")
+  solver = INNER_SOLVERS.index("exact" if exact_inner else inner_solver)
   m, dx = p.H.shape[0], p.H.shape[2]
   hp = {"lr_out": lr_out, "lr_in": lr_in, "local_lr": lr_out if local_lr is None else local_lr,
-        "exact": exact_inner, "warm": warm_start, "num_byzantine": num_byzantine,
+        "warm": warm_start, "num_byzantine": num_byzantine,
         "scale": byzantine_scale, "median": aggregator == "bucketed_median"}
   hp = {k: jnp.asarray(v, p.H.dtype) for k, v in hp.items()}
   hp["inner_steps"], hp["local_steps"] = jnp.int32(inner_steps), jnp.int32(local_steps)
-  hp["staleness"] = jnp.int32(staleness)
+  hp["staleness"], hp["solver"] = jnp.int32(staleness), jnp.int32(solver)
   x0 = jnp.zeros(dx, p.H.dtype) if x0 is None else jnp.asarray(x0, p.H.dtype)
   return _ffgg(p, key, x0, hp, rounds=rounds, history=max(staleness, max_staleness) + 1,
                cohort=m if clients_per_round is None else clients_per_round,
@@ -229,21 +222,22 @@ def _ffgg(p, key, x0, hp, *, rounds, history, cohort, bucket_size):
   byz = jnp.arange(m) < hp["num_byzantine"]
 
   def fine_tune(x_m, y, k):
-    def gd(y):
-      cold = jax.random.normal(k, y.shape, y.dtype)
-      y = jnp.where(hp["warm"] > 0, y, cold)
-      step = lambda _, v: v - hp["lr_in"] * grads(p, x_m, v)[1]
-      return jax.lax.fori_loop(0, hp["inner_steps"], step, y)
-    return jax.lax.cond(hp["exact"] > 0, lambda y: best_y(p, x_m), gd, y)
+    cold = jax.random.normal(k, y.shape, y.dtype)
+    y = jnp.where(hp["warm"] > 0, y, cold)
+    gd = lambda y: jax.lax.fori_loop(
+        0, hp["inner_steps"], lambda _, v: v - hp["lr_in"] * grads(p, x_m, v)[1], y)
+    return jax.lax.switch(hp["solver"], (gd, lambda y: cg_solve(p, x_m, y, hp["inner_steps"]),
+                                         lambda y: best_y(p, x_m)), y)
 
   def client_work(x, y, k):
-    def local(j, state):
-      x_m, y_m, g_sum = state
-      y_m = fine_tune(x_m, y_m, jax.random.fold_in(k, j))
-      g = grads(p, x_m, y_m)[0]
-      return x_m - hp["local_lr"] * g, y_m, g_sum + g
     xs = jnp.broadcast_to(x, (m, dx))
-    _, y_new, g_sum = jax.lax.fori_loop(0, hp["local_steps"], local, (xs, y, jnp.zeros_like(xs)))
+    y_new = fine_tune(xs, y, k)  # once, at x^k (Local FFGG: then K steps on x, y fixed)
+
+    def local(_, state):
+      x_m, g_sum = state
+      g = grads(p, x_m, y_new)[0]
+      return x_m - hp["local_lr"] * g, g_sum + g
+    _, g_sum = jax.lax.fori_loop(0, hp["local_steps"], local, (xs, jnp.zeros_like(xs)))
     return g_sum, y_new
 
   def round_fn(carry: _FFGGCarry, k):
@@ -301,6 +295,6 @@ def _fedavg(p, x0, lr, personal_y, local_steps, *, rounds):
   return x, jnp.concatenate([grad_norm(p, x0)[None], norms])
 
 
-__all__ = ["Quadratic", "make_problem", "residuals", "grads", "best_y", "grad_F", "grad_norm",
-           "constants", "bucketed_median", "aggregate", "ffgg", "fedavg_local_steps",
-           "AGGREGATORS"]
+__all__ = ["Quadratic", "make_problem", "assemble", "residuals", "grads", "best_y", "grad_F",
+           "grad_norm", "constants", "bucketed_median", "aggregate", "cg_solve", "ffgg",
+           "fedavg_local_steps", "AGGREGATORS", "INNER_SOLVERS"]

@@ -34,16 +34,19 @@ def _alg(cfg, *, batch_size=32, lr=0.1):
   return algorithms.build("ffgg", cfg, spec=spec, params=p0), p0, data, model
 
 
-def test_one_round_by_hand():
+@pytest.mark.parametrize("weights", ["samples", "uniform"])
+def test_one_round_by_hand(weights):
   """One round on every client, recomputed by hand from the documented batch
   schedule: tau = 2 head SGD steps cycling over the client's own minibatches
   (B = 4; epoch t // nb, batch t % nb of the client's permutations), then the
   full-data body gradient (B = 4 leaves no batch of one here, so it is the
   exact mean); Local FFGG with K = 2 and local_lr = 0 uploads 2 g_i; the server
-  takes one SGD step of 0.25 with the sample-weighted mean. Python stepping
+  takes one SGD step of 0.25 with the sample-weighted mean (``"samples"``) or
+  the plain mean over clients with data (``"uniform"``). Python stepping
   skips the steps past each client's batches (``active_steps``)."""
   tau, k, bsz = 2, 2, 4
-  cfg = FFGGConfig(inner_steps=tau, inner_lr=0.1, local_steps=k, local_lr=0.0, server_lr=0.25)
+  cfg = FFGGConfig(inner_steps=tau, inner_lr=0.1, local_steps=k, local_lr=0.0, server_lr=0.25,
+                   client_weights=weights)
   sim, p0 = make_sim("ffgg", cfg, participation=1.0, batch_size=bsz, execution=SEQ_PY)
   state, hist = run_rounds(sim, p0, 1)
   data, model = tiny_data(), tiny_model()
@@ -73,10 +76,13 @@ def test_one_round_by_hand():
     if n >= 2:  # a single example forms no batch: no steps, zero gradient
       head, g = client(head, body0, jnp.asarray(data.train_idx[i]), n,
                        rng.client_key(sim.train_key, 0, i))
-      total = jax.tree.map(lambda t, gi, n=n: t + k * n * gi, total, g)
+      w = n if weights == "samples" else 1
+      total = jax.tree.map(lambda t, gi, w=w: t + k * w * gi, total, g)
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], state.clients.head), head,
                                 rtol=1e-5, atol=1e-6)
-  expected = jax.tree.map(lambda b, t: b - 0.25 * t / counts.sum(), body0, total)
+  norm = counts.sum() if weights == "samples" else np.sum(counts > 0)
+  assert np.sum(counts > 0) != counts.sum()  # the two weightings differ on this data
+  expected = jax.tree.map(lambda b, t: b - 0.25 * t / norm, body0, total)
   got = tuple(b[0] for b in state.server.bodies)
   chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
   assert hist[0][1]["server_grad_norm"] > 0
@@ -146,7 +152,7 @@ def test_byzantine_upload_and_robust_aggregation():
 
 @pytest.mark.parametrize("bad", [dict(inner_steps=-1), dict(local_steps=0),
                                  dict(aggregator="max"), dict(server_optimizer="lamb"),
-                                 dict(personal_layers="(")])
+                                 dict(personal_layers="("), dict(client_weights="sizes")])
 def test_invalid_config(bad):
   with pytest.raises(ValueError, match="ffgg."):
     FFGGConfig(**bad).validate()

@@ -55,7 +55,7 @@ def test_problem_is_overpersonalized_and_danskin_gradient_matches(problem):
 def test_ffgg_converges_while_fedavg_with_local_steps_stalls(problem):
   p, c = problem
   _, exact = _ffgg(problem, exact_inner=True)
-  _, gd = _ffgg(problem)  # tau = 20 warm-started inner GD steps
+  _, gd = _ffgg(problem, warm_start=True)  # tau = 20 warm-started inner GD steps
   _, avg = q.fedavg_local_steps(p, rounds=ROUNDS, lr=1.0 / c["L_joint"], local_steps=10)
   avg = np.asarray(avg)
   assert exact[-1] < 1e-6 and gd[-1] < 1e-6
@@ -90,8 +90,8 @@ def test_zero_staleness_equals_synchronous_gradient_descent_on_F(problem):
 
 
 def test_bucketed_median_survives_a_byzantine_client_where_the_mean_fails(problem):
-  _, mean = _ffgg(problem, num_byzantine=1, byzantine_scale=100.0)
-  _, med = _ffgg(problem, num_byzantine=1, byzantine_scale=100.0,
+  _, mean = _ffgg(problem, num_byzantine=1, byzantine_scale=100.0, warm_start=True)
+  _, med = _ffgg(problem, num_byzantine=1, byzantine_scale=100.0, warm_start=True,
                  aggregator="bucketed_median")
   assert mean[-1] > 10.0 and np.min(mean[1:]) > 1.0
   assert med[-1] < 1e-6
