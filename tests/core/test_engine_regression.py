@@ -12,8 +12,11 @@ fusion and so the last float bits).
 Re-recorded on purpose: ``floco`` and ``pfedfda`` (issue 15). Their initial
 draws (FLOCO's endpoints, pFedFDA's global means) now come from the run's
 ``algorithm_init`` key stream instead of fixed private seeds (``key(0)``), and
-pFedFDA's CV-fold shuffle from the round context's key; the other 26 cases keep
-their pre-refactor values.
+pFedFDA's CV-fold shuffle from the round context's key. ``flute`` and ``ffgg``:
+only their communication figures changed (FLUTE's upload no longer carries the
+client id, FFGG's trained output no longer the key, so the default accounting
+no longer counts that one value as sent); every accuracy, loss and state value
+is as before. The other 24 cases keep their pre-refactor values.
 """
 
 import functools
