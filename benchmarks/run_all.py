@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ("throughput", "round", "seeds", "scale")
+BENCHMARKS = ("throughput", "round", "seeds", "scale", "step")
 
 
 def main(argv=None) -> int:

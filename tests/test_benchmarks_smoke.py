@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from benchmarks import bench_round, bench_scale, bench_seeds, bench_throughput, run_all
+from benchmarks import bench_round, bench_scale, bench_seeds, bench_step, bench_throughput, run_all
 
 ENV_KEYS = {"benchmark", "date", "backend", "device_kind", "num_devices", "jax_version",
             "cpu_count", "loadavg", "xla_flags", "settings"}
@@ -70,6 +70,20 @@ def test_scale_smoke(capsys):
     assert x["state_bytes"] == x["state_bytes_estimate"] == x["N"] * x["params"] * 4
     assert x["params"] == 26_122 and x["median_ms_per_round"] > 0 and x["compile_s"] > 0
   assert r["summary"]["mlp"]["round_time_ratio_max_over_min_N"] > 0
+
+
+def test_step_smoke(capsys):
+  r = _run(capsys, bench_step.main, ["--smoke", "--models", "cnn", "--w-rounds", "0",
+                                     "--no-threads"])
+  (x,) = r["steps"]
+  assert x["model"] == "cnn" and x["batch"] == 8 and x["ms_per_step_best"] > 0
+  assert x["ms_per_step_median"] >= x["ms_per_step_best"]
+  # XLA's count for FedAvgCNN at batch 8: about 3 x 8 x 8.53 MFLOP (forward per sample).
+  assert 0.15e9 < x["flops"] < 0.25e9
+  assert x["gflops"] == pytest.approx(x["flops"] / (x["ms_per_step_best"] * 1e-3) / 1e9)
+  assert r["gemm_rate_gflops"] >= max(g["gflops_best"] for g in r["gemm"].values())
+  assert x["utilization"] == pytest.approx(x["gflops"] / r["gemm_rate_gflops"])
+  assert "round" not in r
 
 
 def test_scale_skips_what_does_not_fit(capsys):
