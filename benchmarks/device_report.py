@@ -107,9 +107,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _execution(sim) -> dict:
-  ex = sim.executor.execution
+  ex = sim.backend.execution
   return {"parallelism": ex.parallelism, "step_loop": ex.step_loop, "chunk_size": ex.chunk_size,
-          "num_devices": ex.num_devices, "fused": sim.executor.fused}
+          "num_devices": ex.num_devices, "fused": sim.backend.fused}
 
 
 def _ex_text(ex: dict) -> str:
@@ -185,7 +185,7 @@ def section_seeds(args, sz, data) -> dict:
   (one, _), one_t = _timed(lambda: sim.run_rounds(one, 1))
   seeds = list(range(sz["seeds"]))
   model = get_model(cfg.model.name, data.x.shape[1:], data.num_classes)
-  batch = sim.init_batch([experiment.initial_params(model, s) for s in seeds])
+  batch = sim.init_batch([experiment.initial_params(model, s) for s in seeds], seeds=seeds)
   (batch, _), s_first = _timed(lambda: sim.run_rounds_batch(batch, seeds, 1))
   (batch, _), s_t = _timed(lambda: sim.run_rounds_batch(batch, seeds, 1))
   return {"S": len(seeds), "execution": _execution(sim), "one_run_first_s": one_first,

@@ -98,9 +98,9 @@ def test_learning_rate_and_batchable_fields_may_be_traced(case):
     hparams[f"algo.{field}"] = [getattr(base, field)] * 2
   state = sim.init_batch([p0, p0], hparams)
   stacked = {k: jax.numpy.asarray(v, jax.numpy.float32) for k, v in hparams.items()}
-  keys = (jax.numpy.stack([sim.sample_key] * 2), jax.numpy.stack([sim.train_key] * 2))
-  one_round = lambda *args: sim._fused_rounds_batch(*args[:5], 1, args[5])
+  keys = jax.tree.map(lambda k: jax.numpy.stack([k] * 2), sim.keys)
+  one_round = lambda *args: sim._rounds_batch(*args[:5], 1, args[5])
   out = jax.eval_shape(one_round, state.server, state.clients, sim.data, jax.numpy.int32(0),
                        keys, stacked)
   chex.assert_trees_all_equal_shapes_and_dtypes(out[:2], (state.server, state.clients))
-  jax.eval_shape(sim._evaluate_batch_traced, state.server, state.clients, sim.data, stacked)
+  jax.eval_shape(sim._eval_batch, state.server, state.clients, sim.data, stacked)

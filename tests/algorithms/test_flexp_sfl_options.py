@@ -10,14 +10,14 @@ import pytest
 from fedjax_pfl.algorithms._flexp_options import client_block, feature_alignment_loss, u_cut
 from fedjax_pfl.algorithms.fedper import FedPerConfig
 from fedjax_pfl.algorithms.flexp_sfl import FlexPSFLConfig, accounting
-from fedjax_pfl.core import cohort
+from fedjax_pfl.core import backend
 from fedjax_pfl.core.local import Batch, LocalSpec, make_optimizer, softmax_cross_entropy
 from fedjax_pfl.models import flops
 from fedjax_pfl.models.base import from_flax
 from fedjax_pfl.models.mlp import MLP
 from tests.helpers import make_sim, run_rounds, tiny_model
 
-SEQ = cohort.Execution(parallelism="sequential", step_loop="scan")
+SEQ = backend.Execution(parallelism="sequential", step_loop="scan")
 V2 = dict(aggregate_client_side=False, alignment="none")
 
 
