@@ -2,8 +2,8 @@
 
 The published algorithm stays the default; a protocol switches the choices the
 reference code made that the paper does not state (data split, client stream,
-input scaling, BatchNorm statistics). See ``/work/shared/spec/reference-protocols.md``
-(§1 FL-bench, §2 Fling). The preset table :data:`PROTOCOLS` is the only place
+input scaling, BatchNorm statistics), as the project's reference-protocols
+spec records them (§1 FL-bench, §2 Fling). The preset table :data:`PROTOCOLS` is the only place
 these choices are listed:
 
 * ``"flbench"`` -- FL-bench (``KarhouTam/FL-bench``; the FedOBP authors' code is
