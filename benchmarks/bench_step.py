@@ -7,9 +7,9 @@ Reports, in one run:
   2048x800x64, fc1 32x1024x512, conv1 im2col 18432x25x32). ``gemm_rate_gflops``
   (the best rate over these shapes in the run: measured first and again after
   every step variant, since a shared machine's load changes; short calls
-  escape a loaded machine's preemption best, so on this 2-core AVX2 machine
-  the conv2 shape gives the highest, near-peak rate) is the denominator of
-  every utilization below;
+  escape a loaded machine's preemption best, so on the loaded 2-core
+  development machine the conv2 shape usually gave the highest rate) is the
+  denominator of every utilization below;
 * ``steps``: per model (FedAvgCNN at batch 32, the workload W step; ResNet-8 at
   batch 100, FedPURIN's configs) and per ``model.conv`` x ``model.pool``
   choice: the compiled SGD step of :func:`fedjax_pfl.core.local.sgd_program`

@@ -54,6 +54,19 @@ def test_slices_pool_bit_equal_to_reduce_window(shape, window, strides, padding)
   np.testing.assert_array_equal(np.asarray(dx_jit), dx_ref)
 
 
+def test_slices_pool_under_vmap_equals_each_client():
+  """Under ``jax.vmap`` over clients (the vmap executions), the gradient of
+  each lane equals the unbatched one, bit for bit."""
+  xs = jnp.stack([_tied((2, 8, 8, 3), seed=s) for s in (1, 2)])
+  gs = jax.random.normal(jax.random.key(3), (2, 2, 4, 4, 3))
+  loss = lambda x, g: jnp.vdot(slices_max_pool(x, (2, 2), (2, 2)), g)
+  batched = jax.jit(jax.vmap(jax.grad(loss)))(xs, gs)
+  for i in range(2):
+    np.testing.assert_array_equal(np.asarray(batched[i]), np.asarray(jax.grad(loss)(xs[i], gs[i])))
+    ref = jax.grad(lambda v: jnp.vdot(nn.max_pool(v, (2, 2), (2, 2)), gs[i]))(xs[i])
+    np.testing.assert_array_equal(np.asarray(batched[i]), np.asarray(ref))
+
+
 def test_slices_pool_hand_computed_first_maximum_takes_the_gradient():
   # One 2x2 window [[1, 3], [3, 0]]: the max 3 is tied; row-major first is (0, 1).
   x = jnp.array([[1.0, 3.0], [3.0, 0.0]]).reshape(1, 2, 2, 1)
