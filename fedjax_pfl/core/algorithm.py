@@ -17,7 +17,12 @@ Round ``t`` (driver: :func:`fedjax_pfl.core.rounds.round_fn`)::
 ``weights`` are the clients' train-set sizes, 0 for cohort padding. Evaluation
 uses ``personalize(server, client_i)``: the model client i is judged by,
 applied with ``eval_apply(personalized, x) -> logits`` when the algorithm sets
-it (e.g. APFL's logit mixture), else with the model's ``apply``.
+it (e.g. APFL's logit mixture), else with the model's ``apply``. An algorithm
+whose evaluated model needs the client's own TRAIN data (pFedFDA's LDA head
+from the current body's features) sets ``personalize_with_data(server,
+client_i, train_data, *, ctx)`` instead: evaluation and fine-tuning then call
+it (mapped over all clients like every per-client slot, on every backend) and
+``personalize`` is unused there.
 
 Context (optax's extra-arguments pattern): ``broadcast``, ``finalize`` and
 ``aggregate`` receive a keyword-only ``ctx`` with the round index, the client
@@ -34,7 +39,7 @@ from typing import Callable, NamedTuple, Protocol
 import jax
 
 from fedjax_pfl.core import cohort
-from fedjax_pfl.core.local import LocalProgram
+from fedjax_pfl.core.local import ClientData, LocalProgram
 from fedjax_pfl.types import Metrics, Params, PyTree
 
 
@@ -111,8 +116,20 @@ class PersonalizeFn(Protocol):
     """The parameters client ``i`` is evaluated with."""
 
 
+class PersonalizeWithDataFn(Protocol):
+  def __call__(self, server: PyTree, client: PyTree, train_data: ClientData, *,
+               ctx: ClientContext) -> Params:
+    """The parameters client ``i`` is evaluated with, computed from its own
+    train data (``train_data``: its :class:`ClientData` train view; ``ctx``:
+    the evaluated round ``t`` = rounds run so far, the client id and the key
+    ``fold_in(fold_in(eval_stream, t), i)``)."""
+
+
 class Algorithm(NamedTuple):
-  """A federated algorithm as pure slots (see the module docstring)."""
+  """A federated algorithm as pure slots (see the module docstring).
+
+  ``personalize_with_data`` (optional): replaces ``personalize`` in
+  evaluation and fine-tuning when set (module docstring)."""
   name: str
   init: InitFn
   broadcast: BroadcastFn
@@ -121,3 +138,4 @@ class Algorithm(NamedTuple):
   aggregate: AggregateFn
   personalize: PersonalizeFn
   eval_apply: Callable[..., jax.Array] | None = None
+  personalize_with_data: PersonalizeWithDataFn | None = None

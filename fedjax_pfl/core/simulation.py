@@ -310,9 +310,13 @@ class Simulation:
                for i in range(len(seeds))]
     return SimState(server, clients, state.round + num_rounds), records
 
-  def _eval_batch(self, server, clients, data, hparams):
+  def _eval_batch(self, server, clients, data, round_idx, hparams):
     def one_run(sv, cl, hp):
-      return self._evaluate_traced(sv, cl, data, self._algorithm_for(hp).personalize)
+      alg = self._algorithm_for(hp)
+      if alg.personalize_with_data is None:
+        return self._evaluate_traced(sv, cl, data, alg.personalize)
+      models = self._personalized_traced(alg, sv, cl, data, round_idx)
+      return self._evaluate_traced((), models, data, evaluation.own_params)
     return self.backend.vmap_runs(one_run)(server, clients, hparams)
 
   def evaluate_batch(self, state: SimState,
@@ -323,7 +327,8 @@ class Simulation:
     num_runs = int(jax.tree.leaves((state.server, state.clients))[0].shape[0])
     stacked_hp = self._stacked_hparams(hparams, num_runs)
     sums = np.asarray(self.backend.jit(self._eval_batch)(state.server, state.clients,
-                                                         self.data, stacked_hp))
+                                                         self.data, jnp.int32(state.round),
+                                                         stacked_hp))
     return [evaluation.summarize_eval(s[:, 0], s[:, 1], self.test_counts)
             for s in sums]  # [S, N, 2]
 
@@ -346,14 +351,34 @@ class Simulation:
                                       self._evaluate_traced)
     return evaluation.summarize_eval(sums[:, 0], sums[:, 1], self.test_counts)
 
+  def _personalized_traced(self, alg: Algorithm, server, clients, data, round_idx):
+    """``[N]`` stacked models of ``alg.personalize_with_data`` over every
+    client's train data (mapped like evaluation; keys from the ``eval``
+    stream, (seed, round, client id))."""
+    key = jax.random.fold_in(self.eval_key, round_idx)
+
+    def one(shared, client, cdata, cid):
+      return evaluation.personalized(alg, shared, client, cdata, cid, round_idx, key)
+    ids = jnp.arange(self.num_clients, dtype=jnp.int32)
+    return self.backend.map_clients(one, server, clients, data, ids, test=False, with_ids=True)
+
+  def _personalize_all(self, server, clients, data, round_idx):
+    return self._personalized_traced(self.algorithm, server, clients, data, round_idx)
+
   def evaluate(self, state: SimState) -> Metrics:
     """Evaluates every client with ``personalize``: pooled (sample-weighted)
     accuracy, unweighted client-mean accuracy, pooled loss, per-client lists
-    (:func:`~fedjax_pfl.core.evaluation.summarize_eval`)."""
+    (:func:`~fedjax_pfl.core.evaluation.summarize_eval`). With
+    ``personalize_with_data`` every client's model is first built from its
+    train data (one program, all clients), then evaluated as its own model."""
+    if self.algorithm.personalize_with_data is not None:
+      models = self.backend.jit(self._personalize_all)(
+          state.server, state.clients, self.data, self.backend.put(jnp.int32(state.round)))
+      return self._evaluate_with(evaluation.own_params, (), models)
     return self._evaluate_with(self.algorithm.personalize, state.server, state.clients)
 
-  def _finetune_all(self, server, clients, data, ids, key):
-    return self.backend.map_cohort(self._ft_task, (server, key), clients, data, ids)
+  def _finetune_all(self, server, clients, data, ids, key, round_idx):
+    return self.backend.map_cohort(self._ft_task, (server, key, round_idx), clients, data, ids)
 
   def evaluate_finetuned(self, state: SimState) -> Metrics:
     """FL-bench's "after fine-tuning" numbers: every client trains its
@@ -368,12 +393,13 @@ class Simulation:
       raise ValueError("evaluate_finetuned needs Simulation(finetune=...)")
     ids, _ = self.backend.pad_cohort(np.arange(self.num_clients))
     key = jax.random.fold_in(self.eval_key, state.round)
+    r = np.int32(state.round)
     if self.backend.fused:
       tuned = self.backend.jit(self._finetune_all)(state.server, state.clients, self.data,
-                                                   *self.backend.put((ids, key)))
+                                                   *self.backend.put((ids, key, r)))
     else:
       counts = self.train_counts[np.minimum(ids, self.num_clients - 1)]
-      tuned = self.backend.map_cohort(self._ft_task, (state.server, key), state.clients,
+      tuned = self.backend.map_cohort(self._ft_task, (state.server, key, r), state.clients,
                                       self.data, ids, counts)
     tuned = jax.tree.map(lambda a: a[:self.num_clients], tuned)
     return self._evaluate_with(evaluation.own_params, (), tuned)

@@ -14,6 +14,12 @@ draws (FLOCO's endpoints, pFedFDA's global means) now come from the run's
 ``algorithm_init`` key stream instead of fixed private seeds (``key(0)``), and
 pFedFDA's CV-fold shuffle from the round context's key; the other 26 cases keep
 their pre-refactor values.
+
+Re-recorded on purpose: ``pfedfda`` (issue 17). Its evaluation now recomputes
+each client's statistics from the CURRENT global body's features of its train
+set (``personalize_with_data``) instead of reusing the stale ones stored at its
+last training (a defect); its training metrics are unchanged. New cases
+(recorded when added): ``pfedfda-flbench``.
 """
 
 import functools
