@@ -32,6 +32,10 @@ stream. ``aggregate`` sees the whole stacked client state (``ctx.clients``,
 ``[N, ...]``, sharded like the client state) and may return it changed as a
 third output: per-client tables live in the client state, never in the server
 state. :meth:`ServerContext.write` writes rows of the cohort.
+
+Full-participation rounds: an algorithm may name static round indices
+(``full_rounds``) in which every client trains; ``aggregate`` then also gets
+the round's normally sampled cohort as ``ctx.sampled``.
 """
 
 from typing import Callable, NamedTuple, Protocol
@@ -68,12 +72,22 @@ class ServerContext(NamedTuple):
     key: typed PRNG key ``fold_in(aggregate_stream, t)``.
     clients: the stacked ``[N, ...]`` client state after this round's
       ``finalize`` outputs were written.
+    sampled: ``[C]`` bool, the clients of the round's normally sampled cohort:
+      equal to ``valid`` except in a full-participation round
+      (``Algorithm.full_rounds``), where the cohort is all ``N`` clients and
+      ``sampled`` marks those the round would otherwise have had. None when
+      a caller builds a context by hand (read it through :meth:`in_sample`).
   """
   round: jax.Array
   client_ids: jax.Array
   valid: jax.Array
   key: jax.Array
   clients: PyTree
+  sampled: jax.Array | None = None
+
+  def in_sample(self) -> jax.Array:
+    """``[C]`` bool: ``sampled`` if given, else ``valid``."""
+    return self.valid if self.sampled is None else self.sampled
 
   def write(self, rows: PyTree, *, clients: PyTree | None = None,
             where: jax.Array | None = None) -> PyTree:
@@ -129,7 +143,13 @@ class Algorithm(NamedTuple):
   """A federated algorithm as pure slots (see the module docstring).
 
   ``personalize_with_data`` (optional): replaces ``personalize`` in
-  evaluation and fine-tuning when set (module docstring)."""
+  evaluation and fine-tuning when set (module docstring).
+
+  ``full_rounds`` (static): round indices in which the cohort is ALL ``N``
+  clients (FL-bench FLOCO's all-client round); ``aggregate`` sees the
+  normally sampled cohort as ``ctx.sampled``. Every backend runs such a round
+  as its own program with ``C = N``; the compiled round loop splits its scan
+  there."""
   name: str
   init: InitFn
   broadcast: BroadcastFn
@@ -139,3 +159,4 @@ class Algorithm(NamedTuple):
   personalize: PersonalizeFn
   eval_apply: Callable[..., jax.Array] | None = None
   personalize_with_data: PersonalizeWithDataFn | None = None
+  full_rounds: tuple[int, ...] = ()

@@ -131,31 +131,50 @@ class Simulation:
                        f"{self.plan.table.shape[0]} rounds (train.rounds)")
 
   # -- rounds --------------------------------------------------------------------
-  def _finish(self, server, clients, outputs, ids, valid, round_idx):
+  def _finish(self, server, clients, outputs, ids, valid, round_idx, sampled):
     return rounds.finish_round(self.algorithm, server, clients, outputs, ids, valid,
-                               self.data.train_counts, round_idx, self.keys)
+                               self.data.train_counts, round_idx, self.keys, sampled)
 
-  def _round(self, server, clients, data, ids, valid, round_idx):
+  def _round(self, server, clients, data, ids, valid, round_idx, sampled):
     return rounds.round_fn(self.algorithm, self.task, self.backend.map_cohort, server, clients,
-                           data, ids, valid, round_idx, self.keys)
+                           data, ids, valid, round_idx, self.keys, sampled)
+
+  def is_full_round(self, round_idx: int) -> bool:
+    """Whether round ``round_idx`` is one of the algorithm's full-participation
+    rounds (``Algorithm.full_rounds``: every client trains)."""
+    return int(round_idx) in self.algorithm.full_rounds
+
+  def round_cohort(self, round_idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids [C'], valid [C'], sampled [C'])`` of round ``round_idx`` (host
+    numpy): the padded sampled cohort, or every client in a full round
+    (``sampled`` then marks the normally sampled ones)."""
+    picked = self.cohort(round_idx)
+    if not self.is_full_round(round_idx):
+      ids, valid = self.backend.pad_cohort(picked)
+      return ids, valid, valid
+    ids, valid = rounds.full_ids(self.num_clients, self.backend.padded_size(self.num_clients))
+    return ids, valid, valid & np.isin(ids, picked)
 
   def run_round(self, state: SimState) -> tuple[SimState, Metrics]:
-    """One round; returns the new state and host-side scalar metrics.
+    """One round; returns the new state and host-side scalar metrics. In a
+    full-participation round (:meth:`is_full_round`) every client trains
+    (one program with ``C = N``).
 
     With ``donate=True`` (the default) ``state.clients`` is consumed."""
-    ids, valid = self.backend.pad_cohort(self.cohort(state.round))
+    ids, valid, sampled = self.round_cohort(state.round)
     b = self.backend
     if b.fused:
       prog = b.jit(self._round, donate=self._donated, state_outputs=True)
-      ids_, valid_, r = b.put((ids, valid, np.int32(state.round)))
-      server, clients, metrics = prog(state.server, state.clients, self.data, ids_, valid_, r)
+      ids_, valid_, r, sampled_ = b.put((ids, valid, np.int32(state.round), sampled))
+      server, clients, metrics = prog(state.server, state.clients, self.data, ids_, valid_, r,
+                                      sampled_)
     else:
       shared = self._shared(state.server, self.keys, state.round)
       counts = self.train_counts[np.minimum(ids, self.num_clients - 1)]
       outputs = b.map_cohort(self.task, shared, state.clients, self.data, ids, counts)
       finish = b.jit(self._finish, donate=self._donated)
       server, clients, metrics = finish(state.server, state.clients, outputs, ids, valid,
-                                        np.int32(state.round))
+                                        np.int32(state.round), sampled)
     metrics = {k: float(v) for k, v in metrics.items()}
     return SimState(server, clients, state.round + 1), metrics
 
@@ -175,7 +194,8 @@ class Simulation:
       opts = {"donate": self._donated, "state_outputs": True}
       start = time.perf_counter()
       compiled = self.backend.jit(self._round, **opts).lower(
-          state.server, state.clients, self.data, *self.backend.put((ids, valid, r))).compile()
+          state.server, state.clients, self.data,
+          *self.backend.put((ids, valid, r, valid))).compile()
       secs = {"round": time.perf_counter() - start}
       self.backend.install(self._round, compiled, **opts)
     else:
@@ -183,7 +203,7 @@ class Simulation:
       secs, outputs = self.backend.compile_task(self.task, shared, state.clients, self.data, ids)
       start = time.perf_counter()
       compiled = self.backend.jit(self._finish, donate=self._donated).lower(
-          state.server, state.clients, outputs, ids, valid, r).compile()
+          state.server, state.clients, outputs, ids, valid, r, valid).compile()
       secs["aggregate_scatter"] = time.perf_counter() - start
       self.backend.install(self._finish, compiled, donate=self._donated)
     secs["total"] = sum(secs.values())
@@ -201,7 +221,7 @@ class Simulation:
     ids, valid = self.backend.pad_cohort(self.cohort(state.round))
     prog = self.backend.jit(self._round, donate=self._donated, state_outputs=True)
     return prog.lower(state.server, state.clients, self.data,
-                      *self.backend.put((ids, valid, np.int32(state.round))))
+                      *self.backend.put((ids, valid, np.int32(state.round), valid)))
 
   def _rounds(self, server, clients, data, first_round, keys, num_rounds: int):
     return rounds.rounds_fn(self.algorithm, self.task, self.backend.map_cohort, self.plan,
@@ -212,9 +232,11 @@ class Simulation:
 
     On the compiled backend all rounds are ONE program (a ``lax.scan`` over
     rounds that samples each cohort on device); the host syncs once at the end
-    and one program is compiled per distinct ``num_rounds``. Otherwise this
-    loops :meth:`run_round`. Results equal ``num_rounds`` calls of
-    :meth:`run_round` (float reductions may differ in the last bits).
+    and one program is compiled per distinct ``num_rounds``; the scan is split
+    at the algorithm's full-participation rounds, each of which runs as its
+    own program (:meth:`run_round`). Otherwise this loops :meth:`run_round`.
+    Results equal ``num_rounds`` calls of :meth:`run_round` (float reductions
+    may differ in the last bits).
 
     Raises:
       ValueError: if ``num_rounds < 1``.
@@ -227,11 +249,21 @@ class Simulation:
         records.append(metrics)
       return state, records
     self._check_table(state.round + num_rounds)
-    prog = self.backend.jit(self._rounds, donate=self._donated, static=(5,), state_outputs=True)
-    first = self.backend.put(jnp.int32(state.round))
-    server, clients, stacked = prog(state.server, state.clients, self.data, first, self.keys,
-                                    num_rounds)
-    return SimState(server, clients, state.round + num_rounds), rounds.per_round(stacked)
+    records = []
+    for _, length, full in rounds.segments(state.round, num_rounds,
+                                           self.algorithm.full_rounds):
+      if full:
+        state, metrics = self.run_round(state)
+        records.append(metrics)
+        continue
+      prog = self.backend.jit(self._rounds, donate=self._donated, static=(5,),
+                              state_outputs=True)
+      first = self.backend.put(jnp.int32(state.round))
+      server, clients, stacked = prog(state.server, state.clients, self.data, first, self.keys,
+                                      length)
+      state = SimState(server, clients, state.round + length)
+      records.extend(rounds.per_round(stacked))
+    return state, records
 
   # -- several runs (seeds, hyperparameters) in one program ----------------------
   def _check_batching(self) -> None:
@@ -281,6 +313,15 @@ class Simulation:
                               first_round, k, num_rounds)
     return self.backend.vmap_runs(one_run)(server, clients, keys, hparams)
 
+  def _full_round_batch(self, server, clients, data, ids, valid, round_idx, keys, hparams):
+    def one_run(s, c, k, hp):
+      alg = self._algorithm_for(hp)
+      task = self.task if alg is self.algorithm else rounds.client_task(alg)
+      sampled = rounds.sampled_mask(self.plan, k.sample, round_idx, ids, valid)
+      return rounds.round_fn(alg, task, self.backend.map_cohort, s, c, data, ids, valid,
+                             round_idx, k, sampled)
+    return self.backend.vmap_runs(one_run)(server, clients, keys, hparams)
+
   def run_rounds_batch(self, state: SimState, seeds: Sequence[int], num_rounds: int,
                        hparams: Mapping[str, Sequence[float]] | None = None,
                        ) -> tuple[SimState, list[list[Metrics]]]:
@@ -303,11 +344,22 @@ class Simulation:
     stacked_hp = self._stacked_hparams(hparams, len(seeds))
     keys = rounds.RunKeys(*(jnp.stack(k) for k in zip(*(rounds.run_keys(int(s))
                                                         for s in seeds))))
-    prog = self.backend.jit(self._rounds_batch, donate=self._donated, static=(5,))
-    server, clients, stacked = prog(state.server, state.clients, self.data,
-                                    jnp.int32(state.round), keys, num_rounds, stacked_hp)
-    records = [rounds.per_round(jax.tree.map(lambda v: v[i], stacked))  # [S, R] -> run i
-               for i in range(len(seeds))]
+    records: list[list[Metrics]] = [[] for _ in seeds]
+    server, clients, r = state.server, state.clients, state.round
+    for _, length, full in rounds.segments(r, num_rounds, self.algorithm.full_rounds):
+      if full:  # every client trains: its own program, C = N (vmapped over runs)
+        ids, valid = rounds.full_ids(self.num_clients, self.backend.padded_size(self.num_clients))
+        prog = self.backend.jit(self._full_round_batch, donate=self._donated)
+        server, clients, stacked = prog(server, clients, self.data, ids, valid, jnp.int32(r),
+                                        keys, stacked_hp)
+        stacked = {k: v[:, None] for k, v in stacked.items()}  # [S] -> [S, 1]
+      else:
+        prog = self.backend.jit(self._rounds_batch, donate=self._donated, static=(5,))
+        server, clients, stacked = prog(server, clients, self.data, jnp.int32(r), keys,
+                                        length, stacked_hp)
+      for i in range(len(seeds)):  # [S, R] -> run i
+        records[i].extend(rounds.per_round(jax.tree.map(lambda v, i=i: v[i], stacked)))
+      r += length
     return SimState(server, clients, state.round + num_rounds), records
 
   def _eval_batch(self, server, clients, data, round_idx, hparams):

@@ -23,6 +23,7 @@ CONFIGS = {
     "fedobp-fisher": FedOBPConfig(quantile=0.8, score="fisher"),
     "fedselect": FedSelectConfig(lth_epoch_iters=1),      # masks grow after round 1
     "floco": FlocoConfig(tau=1, endpoints=3),             # projection, then ball sampling
+    "floco-flbench": FlocoConfig(tau=2, endpoints=3, mode="flbench"),  # all-client round 1
     "pfedfda-flbench": PFedFDAConfig(mode="flbench"),     # FedAvg + LDA heads at evaluation
 }
 CASES = sorted(set(algorithms.REGISTRY) | set(CONFIGS))

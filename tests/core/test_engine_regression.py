@@ -19,7 +19,7 @@ Re-recorded on purpose: ``pfedfda`` (issue 17). Its evaluation now recomputes
 each client's statistics from the CURRENT global body's features of its train
 set (``personalize_with_data``) instead of reusing the stale ones stored at its
 last training (a defect); its training metrics are unchanged. New cases
-(recorded when added): ``pfedfda-flbench``.
+(recorded when added): ``pfedfda-flbench``, ``floco-flbench``.
 """
 
 import functools
