@@ -168,7 +168,8 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
       summaries[i] = experiment.run(cell.config, os.path.join(out, "cells", cell.name),
                                     progress=progress, resume=True)
     results.append({"cell": cell.name, "row": cell.row, "column": cell.column,
-                    "seed": cell.config.train.seed, **summaries[i]})
+                    "seed": cell.config.train.seed, "protocol": cell.config.protocol,
+                    **summaries[i]})
     io.write_jsonl_atomic(os.path.join(out, "results.jsonl"), results)
   return results
 
@@ -176,14 +177,22 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
 def table(sweep: Sweep, results: Sequence[dict]) -> tuple[str, dict]:
   """Markdown table: per (row, column) mean ± std over seeds (population std,
   ``np.std``; shown from 2 seeds on) of ``sweep.scale * sweep.metric``, the
-  paper's value and the difference."""
+  paper's value and the difference. The ``protocol`` column states the
+  reference protocol(s) the row's runs used (``ExperimentConfig.protocol``;
+  ``none``: our defaults; ``?`` for results recorded without it)."""
   groups: dict[tuple[str, str], list[float]] = {}
   for r in results:
     groups.setdefault((r["row"], r["column"]), []).append(sweep.scale * r[sweep.metric])
   rows = list(dict.fromkeys(r["row"] for r in results))
   cols = list(dict.fromkeys(r["column"] for r in results))
-  head = "| method | " + " | ".join(f"{c} (ours) | {c} (paper) | Δ" for c in cols) + " |"
-  sep = "|---|" + "---|---|---|" * len(cols)
+  protocols: dict[str, list[str]] = {}
+  for r in results:
+    protocols.setdefault(r["row"], [])
+    if r.get("protocol", "?") not in protocols[r["row"]]:
+      protocols[r["row"]].append(r.get("protocol", "?"))
+  head = ("| method | protocol | "
+          + " | ".join(f"{c} (ours) | {c} (paper) | Δ" for c in cols) + " |")
+  sep = "|---|---|" + "---|---|---|" * len(cols)
   lines, stats = [head, sep], {}
   for row in rows:
     cells = []
@@ -199,7 +208,7 @@ def table(sweep: Sweep, results: Sequence[dict]) -> tuple[str, dict]:
               else f"{mean:.2f} (n=1)")  # no spread to report from one seed
       cells.append(f"{ours} | {paper:.2f} | {mean - paper:+.2f}" if paper is not None
                    else f"{ours} | – | –")
-    lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines.append(f"| {row} | {', '.join(protocols[row])} | " + " | ".join(cells) + " |")
   return "\n".join(lines), stats
 
 
