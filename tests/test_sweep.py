@@ -127,7 +127,7 @@ def test_reduced_run_of_a_config_with_overrides_and_cell_patterns(tmp_path, caps
   assert cli.main(args) == 0
   with open(os.path.join(out, "report.md")) as f:
     report = f.read()
-  assert "1 of 13 cells" in report and "`train.local_epochs=2`" in report
+  assert "1 of 17 cells" in report  # 13 methods, 4 with a published row and "`train.local_epochs=2`" in report
   assert "| FedAvg |" in report and "| FedOBP |" not in report
   with open(os.path.join(out, "cells", "fedavg-a0.1-s0", "config.json")) as f:
     assert json.load(f)["train"]["local_epochs"] == 2
