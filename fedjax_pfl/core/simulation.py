@@ -181,8 +181,9 @@ class Simulation:
   def compile_round(self, state: SimState) -> dict[str, float]:
     """AOT-compiles every program :meth:`run_round` runs from ``state`` and
     installs it, so that rounds then run without compiling (all cohorts have
-    the same padded size: one compile serves every round). For separating
-    compile time from steady state in benchmarks.
+    the same padded size: one compile serves every round; a full-participation
+    round, ``Algorithm.full_rounds``, compiles its own program on first use).
+    For separating compile time from steady state in benchmarks.
 
     Returns:
       ``{program: compile seconds, ..., "total": seconds}``.
