@@ -124,7 +124,7 @@ def algorithm_builder(config: config_lib.ExperimentConfig, model, params0,
       algo = dataclasses.replace(algo, **{k.split(".", 1)[1]: v for k, v in hparams.items()})
     spec = LocalSpec(model.apply, make_optimizer(lr, t.momentum, t.weight_decay),
                      t.local_epochs, t.batch_size, num_slots, model.apply_train,
-                     model.state_mask, lr)
+                     model.state_mask, lr, model.init)
     return algorithms.build(config.algorithm, algo, spec=spec, params=params0), spec
   return build
 

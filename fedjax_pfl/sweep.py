@@ -183,7 +183,8 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
       summaries[i] = experiment.run(cell.config, os.path.join(out, "cells", cell.name),
                                     progress=progress, resume=True)
     results.append({"cell": cell.name, "row": cell.row, "column": cell.column,
-                    "seed": cell.config.train.seed, **summaries[i]})
+                    "seed": cell.config.train.seed, "protocol": cell.config.protocol,
+                    **summaries[i]})
     io.write_jsonl_atomic(os.path.join(out, "results.jsonl"), results)
   return results
 
@@ -191,7 +192,9 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = False,
 def table(sweep: Sweep, results: Sequence[dict], *, smoke: bool = False) -> tuple[str, dict]:
   """Markdown table: per (row, column) mean ± std over seeds (population std,
   ``np.std``; shown from 2 seeds on) of ``sweep.scale * sweep.metric``, the
-  paper's value and the difference.
+  paper's value and the difference. The ``protocol`` column states the
+  reference protocol(s) the row's runs used (``ExperimentConfig.protocol``;
+  ``none``: our defaults; ``?`` for results recorded without it).
 
   With ``smoke`` (the CI size, other data than the paper's), columns are
   labelled with the datasets actually run and neither the paper's numbers
@@ -201,15 +204,21 @@ def table(sweep: Sweep, results: Sequence[dict], *, smoke: bool = False) -> tupl
     groups.setdefault((r["row"], r["column"]), []).append(sweep.scale * r[sweep.metric])
   rows = list(dict.fromkeys(r["row"] for r in results))
   cols = list(dict.fromkeys(r["column"] for r in results))
+  protocols: dict[str, list[str]] = {}
+  for r in results:
+    protocols.setdefault(r["row"], [])
+    if r.get("protocol", "?") not in protocols[r["row"]]:
+      protocols[r["row"]].append(r.get("protocol", "?"))
   if smoke:
     ran = {col: sorted({r.get("dataset", "?") for r in results if r["column"] == col})
            for col in cols}
-    head = "| method | " + " | ".join(f"ours, smoke run on {', '.join(ran[c])} (stands for: {c})"
-                                      for c in cols) + " |"
-    sep = "|---|" + "---|" * len(cols)
+    head = ("| method | protocol | " + " | ".join(
+        f"ours, smoke run on {', '.join(ran[c])} (stands for: {c})" for c in cols) + " |")
+    sep = "|---|---|" + "---|" * len(cols)
   else:
-    head = "| method | " + " | ".join(f"{c} (ours) | {c} (paper) | Δ" for c in cols) + " |"
-    sep = "|---|" + "---|---|---|" * len(cols)
+    head = ("| method | protocol | "
+            + " | ".join(f"{c} (ours) | {c} (paper) | Δ" for c in cols) + " |")
+    sep = "|---|---|" + "---|---|---|" * len(cols)
   lines, stats = [head, sep], {}
   for row in rows:
     cells = []
@@ -228,7 +237,7 @@ def table(sweep: Sweep, results: Sequence[dict], *, smoke: bool = False) -> tupl
       else:
         cells.append(f"{ours} | {paper:.2f} | {mean - paper:+.2f}" if paper is not None
                      else f"{ours} | – | –")
-    lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines.append(f"| {row} | {', '.join(protocols[row])} | " + " | ".join(cells) + " |")
   return "\n".join(lines), stats
 
 

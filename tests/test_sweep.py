@@ -60,13 +60,13 @@ def test_sweep_is_resumable(tmp_path):
 
 def test_table_mean_std_and_difference():
   sweep = Sweep("t", "t", [], "best_accuracy", {("A", "c"): 50.0})
-  results = [{"row": "A", "column": "c", "best_accuracy": 0.4},
-             {"row": "A", "column": "c", "best_accuracy": 0.6},
+  results = [{"row": "A", "column": "c", "best_accuracy": 0.4, "protocol": "flbench"},
+             {"row": "A", "column": "c", "best_accuracy": 0.6, "protocol": "flbench"},
              {"row": "B", "column": "c", "best_accuracy": 0.7}]
   text, stats = table(sweep, results)
   assert stats[("A", "c")] == pytest.approx((50.0, 10.0, 2))
-  assert "| A | 50.00 (10.00, n=2) | 50.00 | +0.00 |" in text
-  assert "| B | 70.00 (n=1) | – | – |" in text
+  assert "| A | flbench | 50.00 (10.00, n=2) | 50.00 | +0.00 |" in text
+  assert "| B | ? | 70.00 (n=1) | – | – |" in text  # recorded without a protocol
 
 
 def test_bad_sweep_path_is_a_clear_error(capsys):
@@ -143,7 +143,7 @@ def test_reduced_run_of_a_config_with_overrides_and_cell_patterns(tmp_path, caps
   assert cli.main(args) == 0
   with open(os.path.join(out, "report.md")) as f:
     report = f.read()
-  assert "1 of 13 cells" in report and "`train.local_epochs=2`" in report
+  assert "1 of 17 cells" in report  # 13 methods, 4 with a published row and "`train.local_epochs=2`" in report
   assert "| FedAvg |" in report and "| FedOBP |" not in report
   with open(os.path.join(out, "cells", "fedavg-a0.1-s0", "config.json")) as f:
     assert json.load(f)["train"]["local_epochs"] == 2

@@ -13,9 +13,12 @@ workload is longer than a Fashion-MNIST one, about 4 h per run).
 Paper numbers: spec §2.6 Table III (mean of 4 runs); metric: best pooled accuracy
 over the evaluations at rounds 100..400. The seeds 0..3 are ours (UNVERIFIED).
 The smoke size runs every cell on digits (no tfds data in CI).
+Protocol: FL-bench (`protocol="flbench"`: partition, client stream, input constants) with
+FL-bench's baseline options (`_common.FLBENCH_OPTIONS`); FLUTE, FedALA, pFedFDA and FLOCO
+have two rows, "(FL-bench)" (what the reference code computed) and "(published)".
 """
 
-from _common import fedobp_cells
+from _common import fedobp_cells, paper_rows
 
 from fedjax_pfl.sweep import Sweep
 
@@ -50,4 +53,4 @@ def get_sweep(smoke: bool = False) -> Sweep:
   cells = [c for name, label in datasets
            for c in fedobp_cells(name, alphas, seeds, smoke=smoke, label=label)]
   return Sweep("fedobp_table3", "FedOBP Table III (CIFAR-10/100, EMNIST, SVHN)", cells,
-               "best_accuracy", PAPER)
+               "best_accuracy", paper_rows(PAPER))

@@ -9,9 +9,12 @@ workload takes about 30-50 s, i.e. about 4 h per run: use `--set` overrides or a
 Paper numbers: spec §2.6 Table IV (mean of 4 runs); metric: best pooled accuracy over
 the evaluations at rounds 100..400 (FL-bench's "Max Accuracy"). The 4 seeds are 0..3
 (the paper's seeds are UNVERIFIED).
+Protocol: FL-bench (`protocol="flbench"`: partition, client stream, input constants) with
+FL-bench's baseline options (`_common.FLBENCH_OPTIONS`); FLUTE, FedALA, pFedFDA and FLOCO
+have two rows, "(FL-bench)" (what the reference code computed) and "(published)".
 """
 
-from _common import fedobp_cells
+from _common import fedobp_cells, paper_rows
 
 from fedjax_pfl.sweep import Sweep
 
@@ -37,4 +40,4 @@ def get_sweep(smoke: bool = False) -> Sweep:
   seeds = (0,) if smoke else (0, 1, 2, 3)
   cells = fedobp_cells("fashion_mnist", alphas, seeds, smoke=smoke)
   return Sweep("fedobp_table4", "FedOBP Table IV (Fashion-MNIST)", cells, "best_accuracy",
-               PAPER)
+               paper_rows(PAPER))

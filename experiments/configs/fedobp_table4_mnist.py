@@ -9,9 +9,12 @@ fedobp_table4.py (Fashion-MNIST). Expected runtime: as fedobp_table4.py (same
 model and sizes): about 4 h per run on the 2-core CPU; not measured on a GPU.
 Paper numbers: spec §2.6 Table IV (mean of 4 runs); metric: best pooled accuracy
 over the evaluations at rounds 100..400. Seeds 0..3 are ours (UNVERIFIED).
+Protocol: FL-bench (`protocol="flbench"`: partition, client stream, input constants) with
+FL-bench's baseline options (`_common.FLBENCH_OPTIONS`); FLUTE, FedALA, pFedFDA and FLOCO
+have two rows, "(FL-bench)" (what the reference code computed) and "(published)".
 """
 
-from _common import fedobp_cells
+from _common import fedobp_cells, paper_rows
 
 from fedjax_pfl.sweep import Sweep
 
@@ -30,4 +33,4 @@ def get_sweep(smoke: bool = False) -> Sweep:
   alphas = (0.1,) if smoke else (0.1, 0.5)
   seeds = (0,) if smoke else (0, 1, 2, 3)
   cells = fedobp_cells("mnist", alphas, seeds, smoke=smoke)
-  return Sweep("fedobp_table4_mnist", "FedOBP Table IV (MNIST)", cells, "best_accuracy", PAPER)
+  return Sweep("fedobp_table4_mnist", "FedOBP Table IV (MNIST)", cells, "best_accuracy", paper_rows(PAPER))

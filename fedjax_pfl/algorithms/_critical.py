@@ -18,7 +18,9 @@ State: each client's row of the stacked client state holds ``θ_i^new``
 its downlink size and its last post-training model (FedPURIN: after
 sparsification), which is what "evaluation before aggregation"
 (``eval_model="trained"``, Fling's ``test_place=['before_aggregation']``)
-evaluates; ``eval_model="next"`` evaluates ``θ_i^new`` instead. The server
+evaluates; ``eval_model="next"`` evaluates ``θ_i^new`` instead and
+``eval_model="dense"`` the post-training model BEFORE FedPURIN's
+sparsification (FedCAC: the same as ``"trained"``). The server
 state is empty; the aggregation number ``r`` is the round index + 1 (every
 round aggregates), read from the round context.
 
@@ -52,7 +54,7 @@ from fedjax_pfl.ops.aggregation import weighted_mean
 from fedjax_pfl.types import Params
 
 BN_RULES = {r"(^|/)(bn[^/]*|downsample_bn)/": "bn"}  # Fling's 'bn' / 'downsample.1'
-EVAL_MODELS = ("trained", "next")
+EVAL_MODELS = ("trained", "next", "dense")
 
 
 def leaf_partition(params: Params, state_mask: Any, *, exclude_bn: bool) -> Partition:
@@ -106,7 +108,9 @@ def critical_algorithm(*, name: str, local: LocalProgram, masked: Partition,
     tau: top-τ fraction. beta: collaboration horizon. floor: cutoff floor.
     sparse: FedPURIN's sparsified upload and non-zero downlink accounting.
     downlink_mask_bits: also count 1 bit per masked entry on the downlink.
-    eval_model: ``"trained"`` (before aggregation) or ``"next"``.
+    eval_model: ``"trained"`` (before aggregation; FedPURIN: sparsified),
+      ``"next"`` or ``"dense"`` (the trained model BEFORE sparsification;
+      equal to ``"trained"`` when ``sparse`` is False).
   """
   tau, beta = float(tau), float(beta)
 
@@ -123,6 +127,7 @@ def critical_algorithm(*, name: str, local: LocalProgram, masked: Partition,
   def finalize(server, client, output, extra, *, ctx=None):
     before, down = extra
     params, scores = score(before, output)
+    dense = params
     masks = tuple(ops.topk_mask(s, tau, floor) for s in scores)
     if sparse:
       kept = tuple(jnp.where(m, x, 0.0).astype(x.dtype)
@@ -133,7 +138,8 @@ def critical_algorithm(*, name: str, local: LocalProgram, masked: Partition,
     up = n if sparse else jnp.float32(total)
     metrics = {"uplink_values": up, "uplink_bytes": 4.0 * up + total / 8.0,
                "critical_fraction": n / max(total, 1), **down}
-    return CriticalUpload(params, masks), client._replace(trained=params), metrics
+    kept_model = dense if eval_model == "dense" else params
+    return CriticalUpload(params, masks), client._replace(trained=kept_model), metrics
 
   def aggregate(server, uploads, weights, *, ctx):
     valid = weights > 0
@@ -162,6 +168,6 @@ def critical_algorithm(*, name: str, local: LocalProgram, masked: Partition,
     return server, metrics, ctx.write(rows, where=valid)
 
   def personalize(server, client):
-    return client.next if eval_model == "next" else client.trained
+    return client.next if eval_model == "next" else client.trained  # "dense": stored dense
 
   return Algorithm(name, init, broadcast, local, finalize, aggregate, personalize)

@@ -57,7 +57,9 @@ class APFLConfig:
     adapt_alpha: learn alpha during the first local epoch.
     alpha_grad: ``"flbench"`` (parameter-space formula) or ``"logit"``.
     alpha_lr: step size of alpha, > 0; None = the client learning rate.
-    reuse_global_grad: FL-bench quirk (second step of w, see module doc).
+    reuse_global_grad: FL-bench reference protocol (FedOBP Table IV; FL-bench
+      ``src/client/apfl.py``): w takes a second step with the same gradient
+      (module docstring). Default False: the published algorithm.
   """
   alpha_init: float = 0.5
   adapt_alpha: bool = True

@@ -48,7 +48,8 @@ class FedCACConfig:
     tau: fraction of each tensor selected as critical, in [0, 1].
     beta: collaboration horizon ``β >= 1`` (100; the paper uses 170 for
       CIFAR-100).
-    eval_model: ``"trained"`` (before aggregation) or ``"next"``.
+    eval_model: ``"trained"`` (before aggregation; Fling), ``"next"`` or
+      ``"dense"`` (same as ``"trained"``: FedCAC does not sparsify).
     downlink_mask_bits: count 1 bit per entry on the downlink too.
   """
   tau: float = 0.5

@@ -23,7 +23,8 @@ Equations (spec §3.1-3.3; skeleton in :mod:`fedjax_pfl.algorithms._critical`):
 Evaluation "before aggregation" (spec §1.2): ``personalize`` returns the
 client's stored post-training model AFTER sparsification (Fling tests the
 model returned by ``PurinClient.train``); ``eval_model="next"`` evaluates
-``θ_i^new`` instead. Communication: uplink = ``n_i`` values + 1 bit per
+``θ_i^new`` instead; ``eval_model="dense"`` the trained model before
+sparsification (not in Fling: shows what the sparsification costs). Communication: uplink = ``n_i`` values + 1 bit per
 non-BN entry; downlink = the non-zeros of the merged model that the client
 does not already hold (see ``_critical``); BN is never sent after round 0.
 
@@ -73,7 +74,8 @@ class FedPURINConfig:
     grad: ``"exact"`` (last-batch gradient, Table 1) or ``"delta"`` (Δθ).
     hessian: add the diagonal-Fisher term ``½ (g θ)²`` (Table 2).
     grad_fp16: round the exact gradient to fp16 (the reference stores it so).
-    eval_model: ``"trained"`` (sparsified, before aggregation) or ``"next"``.
+    eval_model: ``"trained"`` (sparsified, before aggregation; Fling),
+      ``"next"`` or ``"dense"`` (trained, before sparsification).
     downlink_mask_bits: count 1 bit per non-BN entry on the downlink too.
   """
   tau: float = 0.5

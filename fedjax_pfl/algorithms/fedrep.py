@@ -12,7 +12,9 @@ train_body_epochs``:
 * epochs ``E-b .. E-1``: SGD on the body only (head frozen);
 * upload the body; ``theta^{t+1}`` = sample-weighted mean; keep the head.
 
-Evaluation: global body + own head (as FedPer).
+Evaluation: global body + own head (as FedPer). ``unseen_personal=
+"server_mean"`` is FL-bench's treatment of personal layers (see
+:mod:`fedjax_pfl.algorithms.fedper`).
 
 Deviation from FL-bench: freezing keeps the frozen parameters AND their
 optimizer state (``sgd_program(trainable=...)``). FL-bench toggles
@@ -31,7 +33,13 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_pfl.algorithms._compose import partition
-from fedjax_pfl.algorithms.fedper import CLASSIFIER, PERSONAL, check_regex, fedper
+from fedjax_pfl.algorithms.fedper import (
+  CLASSIFIER,
+  PERSONAL,
+  check_regex,
+  check_unseen,
+  fedper,
+)
 from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core.algorithm import Algorithm
 
@@ -44,14 +52,19 @@ class FedRepConfig:
     train_body_epochs: the last ``b >= 0`` local epochs train the body only;
       the first ``E - b`` the head only (FL-bench ``train_body_epoch``).
     personal_layers: regex over parameter paths of the head.
+    unseen_personal: ``"init"`` (published) or ``"server_mean"`` (FL-bench:
+      all leaves averaged, an untrained client uses the average head; see
+      :mod:`fedjax_pfl.algorithms.fedper`).
   """
   train_body_epochs: int = 1
   personal_layers: str = CLASSIFIER
+  unseen_personal: str = "init"
 
   def validate(self) -> None:
     if self.train_body_epochs < 0:
       raise ValueError(f"fedrep.train_body_epochs={self.train_body_epochs}; allowed: >= 0")
     check_regex("fedrep", "personal_layers", self.personal_layers)
+    check_unseen("fedrep", self.unseen_personal)
 
 
 def head_then_body(personal_mask, epochs: int, train_body_epochs: int):
@@ -69,7 +82,8 @@ def _build(cfg: FedRepConfig, *, spec, params) -> Algorithm:
   split = partition(params, {cfg.personal_layers: PERSONAL}, PERSONAL)
   program = spec.program(trainable=head_then_body(split.mask(), spec.epochs,
                                                   cfg.train_body_epochs))
-  return fedper(local=program, personal=split, name="fedrep")
+  return fedper(local=program, personal=split, name="fedrep",
+                unseen_personal=cfg.unseen_personal)
 
 
 SPECS = {"fedrep": AlgorithmSpec(FedRepConfig, _build,

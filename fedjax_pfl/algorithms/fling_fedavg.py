@@ -40,10 +40,12 @@ from fedjax_pfl.core.local import LocalInput, LocalProgram
 from fedjax_pfl.ops.aggregation import weighted_mean
 from fedjax_pfl.types import Params
 
+EVAL_MODELS = ("trained", "next")
+
 
 def check_eval_model(algo: str, value: str) -> None:
-  if value not in _critical.EVAL_MODELS:
-    raise ValueError(f"{algo}.eval_model={value!r}; allowed: {list(_critical.EVAL_MODELS)}")
+  if value not in EVAL_MODELS:
+    raise ValueError(f"{algo}.eval_model={value!r}; allowed: {list(EVAL_MODELS)}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -34,6 +34,18 @@ cohort, so each client contributes its most recent endpoint update (zeros if
 it never trained before ``tau``). With fewer than M clients the missing PCA
 components are zero. Floco+ (``pers_epoch > 0``) is not implemented
 (FL-bench default ``pers_epoch = 0``).
+
+``mode="flbench"`` (FL-bench ``src/server/floco.py`` as the FedOBP Table IV
+logs ran it): round ``tau - 1`` (0-based; the round whose aggregation
+projects) is a full-participation round (``Algorithm.full_rounds``): ALL N
+clients train once from the current global model; their endpoint updates
+feed the PCA and are then discarded: the global model averages only the
+normally sampled clients' models (``ctx.sampled``); the evaluation after that
+round still uses the simplex centre (client centres are evaluated from the
+next round on); the L1-ball sample ``beta_i + r u`` is NOT renormalized to
+sum 1. (FL-bench trains the sampled clients of round ``tau`` again after the
+projection; here their models of the all-client pass, trained with simplex
+sampling, are averaged.) The default ``mode="paper"`` is described above.
 """
 
 import dataclasses
@@ -51,6 +63,7 @@ from fedjax_pfl.core.local import LocalInput, LocalSpec, softmax_cross_entropy
 from fedjax_pfl.models.base import HEAD
 from fedjax_pfl.ops.aggregation import weighted_mean
 
+MODES = ("paper", "flbench")
 Z_GRID = np.linspace(1e-4, 1.0, 1000, dtype=np.float32)
 
 
@@ -62,12 +75,16 @@ class FlocoConfig:
     endpoints: simplex vertices M, >= 2.
     tau: round of the client projection, >= 1.
     rho: L1 radius of the sampling ball after ``tau``, >= 0.
+    mode: ``"paper"`` or ``"flbench"`` (all-client round, module docstring).
   """
   endpoints: int = 10
   tau: int = 10
   rho: float = 0.1
+  mode: str = "paper"
 
   def validate(self) -> None:
+    if self.mode not in MODES:
+      raise ValueError(f"floco.mode={self.mode!r}; allowed: {list(MODES)}")
     if self.endpoints < 2:
       raise ValueError(f"floco.endpoints={self.endpoints}; allowed: >= 2")
     if self.tau < 1:
@@ -79,6 +96,7 @@ class FlocoConfig:
 class FlocoClient(NamedTuple):
   stats: jax.Array      # [M*D*K] the client's latest endpoint update (0 before it trains)
   beta: jax.Array       # [M] the client's centre (1/M before round tau)
+  eval_beta: jax.Array | None = None  # [M] flbench: centre evaluated (1/M until round tau)
 
 
 def simplex_logits(apply_fn, params, alpha, x):
@@ -92,14 +110,17 @@ def simplex_logits(apply_fn, params, alpha, x):
   return _features.apply_with_head(apply_fn, model, x, head)[0]
 
 
-def sample_alpha(key, after, center, rho: float):
-  """Uniform on the simplex (before tau) or in the L1 ball around ``center``."""
+def sample_alpha(key, after, center, rho: float, renormalize: bool = True):
+  """Uniform on the simplex (before tau) or in the L1 ball around ``center``
+  (renormalized to sum 1 unless ``renormalize`` is False, FL-bench)."""
   k1, k2, k3 = jax.random.split(key, 3)
   e = jax.random.exponential(k1, center.shape)
   u = jax.random.uniform(k2, center.shape, minval=-1.0, maxval=1.0)
   r = jax.random.uniform(k3, (), maxval=rho)
   ball = center + r * u / jnp.sum(jnp.abs(u))
-  return jnp.where(after, ball / jnp.sum(ball), e / jnp.sum(e))
+  if renormalize:
+    ball = ball / jnp.sum(ball)
+  return jnp.where(after, ball, e / jnp.sum(e))
 
 
 def project_simplex(v, z):
@@ -152,13 +173,14 @@ def floco(*, spec: LocalSpec, params, config: FlocoConfig) -> Algorithm:
     ValueError: an invalid ``config``; ``init`` without a key.
   """
   config.validate()
+  flbench = config.mode == "flbench"
   m = config.endpoints
   dim, num_classes = params[HEAD]["kernel"].shape
   center = jnp.full((m,), 1.0 / m)
 
   def loss_fn(p, batch, key, context):
     after, beta = context
-    alpha = sample_alpha(key, after, beta, config.rho)
+    alpha = sample_alpha(key, after, beta, config.rho, renormalize=not flbench)
     return softmax_cross_entropy(simplex_logits(spec.apply, p, alpha, batch.x), batch.y,
                                  batch.mask)
 
@@ -170,7 +192,7 @@ def floco(*, spec: LocalSpec, params, config: FlocoConfig) -> Algorithm:
     std = jnp.sqrt(2.0 / (dim + num_classes))
     keys = jax.random.split(key, m)
     ends = jax.vmap(lambda k: std * jax.random.normal(k, (dim, num_classes)))(keys)  # vmap over endpoints, not clients
-    client = FlocoClient(jnp.zeros((ends.size,)), center)
+    client = FlocoClient(jnp.zeros((ends.size,)), center, center if flbench else None)
     return {"model": params, "endpoints": ends}, cohort.stack_clients(client, num_clients)
 
   def broadcast(server, client, *, ctx):
@@ -184,16 +206,21 @@ def floco(*, spec: LocalSpec, params, config: FlocoConfig) -> Algorithm:
     beta = jax.lax.cond(ctx.round + 1 == config.tau,
                         lambda s: best_radius(pca(s, m))[1],
                         lambda s: ctx.clients.beta, ctx.clients.stats)
-    return weighted_mean(uploads, weights), {}, ctx.clients._replace(beta=beta)
+    clients = ctx.clients._replace(beta=beta)
+    if flbench:  # the all-client pass only feeds the PCA; centres evaluated from round tau
+      weights = weights * ctx.in_sample()
+      clients = clients._replace(eval_beta=jnp.where(ctx.round >= config.tau, beta,
+                                                     ctx.clients.eval_beta))
+    return weighted_mean(uploads, weights), {}, clients
 
   def personalize(server, client):
-    return {"params": server, "alpha": client.beta}
+    return {"params": server, "alpha": client.eval_beta if flbench else client.beta}
 
   def eval_apply(p, x):
     return simplex_logits(spec.apply, p["params"], p["alpha"], x)
 
   return Algorithm("floco", init, broadcast, local, finalize, aggregate, personalize,
-                   eval_apply)
+                   eval_apply, full_rounds=(config.tau - 1,) if flbench else ())
 
 
 def _build(cfg: FlocoConfig, *, spec, params) -> Algorithm:

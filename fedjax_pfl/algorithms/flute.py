@@ -27,6 +27,23 @@ epochs; here it is in every epoch's loss. This changes no parameter (``h``
 does not depend on the head, and the body is frozen in head-only epochs),
 only the reported ``train_loss`` of head-only epochs.
 
+Reference-protocol options (FL-bench, the code behind FedOBP's Table IV):
+
+* ``detach_features=True``: FL-bench takes the features with
+  ``detach=True``, so no loss reaches the body: only the heads train, the
+  global body stays ``theta^0`` for the whole run (FLUTE becomes per-client
+  linear heads, with the NC regularizers and the server NC step, on random
+  features). Here the body is frozen (head-only trainable mask in every epoch)
+  and the server keeps its body (the uploads' bodies equal it), so it is
+  bit-identical to ``theta^0``. (For a BatchNorm model the running statistics
+  are then kept at ``theta^0`` too.)
+* ``unseen_personal="server_mean"``: a client that never trained uses the
+  server's average head (all parameters are averaged, heads included) instead
+  of ``theta^0``'s (see :mod:`fedjax_pfl.algorithms.fedper`); the client state
+  is then ``(head, trained [N] bool)``.
+
+The defaults (False, ``"init"``) are the published algorithm.
+
 Degenerate equivalence: ``lamda1 = lamda2 = lamda3 = nc2_lr = 0`` is FedPer
 with FedRep-like head-then-all local training.
 """
@@ -38,6 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_pfl.algorithms import _features
+from fedjax_pfl.algorithms.fedper import check_unseen
 from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core import cohort
 from fedjax_pfl.core.algorithm import Algorithm
@@ -56,14 +74,20 @@ class FLUTEConfig:
     lamda2: classifier-norm weight, >= 0.
     lamda3: feature-norm weight, >= 0.
     nc2_lr: server SGD step size on the heads, >= 0.
+    detach_features: FL-bench: no loss reaches the body (module docstring).
+    unseen_personal: ``"init"`` or ``"server_mean"`` (FL-bench; module
+      docstring).
   """
   rep_round: int = 1
   lamda1: float = 0.25
   lamda2: float = 0.0025
   lamda3: float = 0.0005
   nc2_lr: float = 0.5
+  detach_features: bool = False
+  unseen_personal: str = "init"
 
   def validate(self) -> None:
+    check_unseen("flute", self.unseen_personal)
     for name in ("rep_round", "lamda1", "lamda2", "lamda3", "nc2_lr"):
       if not getattr(self, name) >= 0:
         raise ValueError(f"flute.{name}={getattr(self, name)}; allowed: >= 0")
@@ -103,18 +127,25 @@ def with_head(params, head):
 
 def flute(*, spec: LocalSpec, params, config: FLUTEConfig) -> Algorithm:
   """Builds FLUTE. Server state: :class:`FLUTEServer`; client state: the
-  client's personal classifier subtree (stacked ``[N, ...]``), written by
-  ``aggregate`` after the server's NC step."""
+  client's personal classifier subtree (stacked ``[N, ...]``; with
+  ``unseen_personal="server_mean"`` the pair ``(head, trained [N] bool)``),
+  written by ``aggregate`` after the server's NC step."""
   config.validate()
   num_classes = params[HEAD]["kernel"].shape[-1]
   labels = label_params(params, CLASSIFIER_RULES)
   cut = spec.epochs - config.rep_round
 
+  detach = config.detach_features
+  server_mean = config.unseen_personal == "server_mean"
+
   def trainable(epoch):
-    return jax.tree.map(lambda lab: jnp.asarray(True) if lab == HEAD else epoch >= cut, labels)
+    return jax.tree.map(lambda lab: jnp.asarray(True) if lab == HEAD else
+                        (jnp.asarray(False) if detach else epoch >= cut), labels)
 
   def loss_fn(p, batch, key, present):
     del key
+    if detach:  # FL-bench's detach=True: the features carry no gradient
+      p = {**jax.lax.stop_gradient(p), HEAD: p[HEAD]}
     logits, h = _features.apply_with_head(spec.apply, p, batch.x)
     kernel = p[HEAD]["kernel"]
     feat = jnp.sum(jnp.where(batch.mask[:, None], jnp.square(h), 0.0))
@@ -134,9 +165,14 @@ def flute(*, spec: LocalSpec, params, config: FLUTEConfig) -> Algorithm:
 
   def init(params, num_clients, *, key=None):
     del key
-    return FLUTEServer(params), cohort.stack_clients(params[HEAD], num_clients)
+    client = (params[HEAD], jnp.asarray(False)) if server_mean else params[HEAD]
+    return FLUTEServer(params), cohort.stack_clients(client, num_clients)
 
   def personalize(server, client):
+    if server_mean:
+      head, trained = client
+      head = jax.tree.map(lambda c, m: jnp.where(trained, c, m), head, server.params[HEAD])
+      return with_head(server.params, head)
     return with_head(server.params, client)
 
   def broadcast(server, client, *, ctx=None):
@@ -154,7 +190,11 @@ def flute(*, spec: LocalSpec, params, config: FLUTEConfig) -> Algorithm:
     kernels = kernels - config.nc2_lr * jax.grad(objective)(kernels)
     head = {**params[HEAD], "kernel": kernels}
     metrics = {"nc_loss": objective(kernels)}
-    return FLUTEServer(weighted_mean(params, weights)), metrics, ctx.write(head, where=valid)
+    mean = weighted_mean(params, weights)
+    if detach:  # the bodies uploaded equal the server's: keep it bit for bit
+      mean = with_head(server.params, mean[HEAD])
+    rows = (head, jnp.ones_like(valid)) if server_mean else head
+    return FLUTEServer(mean), metrics, ctx.write(rows, where=valid)
 
   return Algorithm("flute", init, broadcast, local, finalize, aggregate, personalize)
 

@@ -23,6 +23,9 @@ conv2, fc1, classifier`` / ``fc1, fc2, classifier``); FL-bench uses the order
 of ``named_modules()`` restricted to Conv/BN/Linear, which is the same for our
 models (they have no BN).
 
+``unseen_personal="server_mean"``: FL-bench's treatment of personal layers
+(see :mod:`fedjax_pfl.algorithms.fedper`).
+
 Degenerate equivalence: ``num_global_layers`` = number of layers (either
 split) makes every layer global: FedAvg round for round.
 """
@@ -30,7 +33,7 @@ split) makes every layer global: FedAvg round for round.
 import dataclasses
 
 from fedjax_pfl.algorithms._compose import layer_names, layer_rules, partition
-from fedjax_pfl.algorithms.fedper import PERSONAL, fedper
+from fedjax_pfl.algorithms.fedper import PERSONAL, check_unseen, fedper
 from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core.algorithm import Algorithm
 
@@ -44,15 +47,20 @@ class LGFedAvgConfig:
   Attributes:
     num_global_layers: number of global layers, ``0 <= g <= L``.
     split: ``"flbench"`` (first g layers global) or ``"original"`` (last g).
+    unseen_personal: ``"init"`` (published) or ``"server_mean"`` (FL-bench:
+      all layers averaged, an untrained client uses the average personal
+      layers; see :mod:`fedjax_pfl.algorithms.fedper`).
   """
   num_global_layers: int = 1
   split: str = "flbench"
+  unseen_personal: str = "init"
 
   def validate(self) -> None:
     if self.num_global_layers < 0:
       raise ValueError(f"lgfedavg.num_global_layers={self.num_global_layers}; allowed: >= 0")
     if self.split not in SPLITS:
       raise ValueError(f"lgfedavg.split={self.split!r}; allowed: {list(SPLITS)}")
+    check_unseen("lgfedavg", self.unseen_personal)
 
 
 def personal_layers(names: list[str], num_global_layers: int, split: str) -> list[str]:
@@ -69,7 +77,8 @@ def _build(cfg: LGFedAvgConfig, *, spec, params) -> Algorithm:
   cfg.validate()
   names = personal_layers(layer_names(params), cfg.num_global_layers, cfg.split)
   split = partition(params, layer_rules(names, PERSONAL), PERSONAL)
-  return fedper(local=spec.program(), personal=split, name="lgfedavg")
+  return fedper(local=spec.program(), personal=split, name="lgfedavg",
+                unseen_personal=cfg.unseen_personal)
 
 
 SPECS = {"lgfedavg": AlgorithmSpec(LGFedAvgConfig, _build,

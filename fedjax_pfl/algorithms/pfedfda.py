@@ -24,8 +24,24 @@ Per sampled client:
 4. adaptive ``mu_i = beta_mu mu + (1-beta_mu) mu_g`` (same for Sigma),
    uploaded with the body; the server sample-averages ``mu_i``, ``Sigma_i``.
 
-Evaluation: the global body with LDA(mu_i, Sigma_i, pi_i); a client that never
-trained uses the current global statistics and uniform priors.
+Evaluation (``personalize_with_data``, the official code's): the CURRENT global
+body with an LDA head whose statistics are recomputed from that body's
+features of the client's train set: ``mu_i = beta_mu mu + (1-beta_mu) mu_g``
+(same for Sigma) with the local MLE ``mu, Sigma`` of those features, the
+client's stored beta (from its last training) and its train label priors; a
+client that never trained uses the current global statistics and its train
+label priors. (Before: the statistics stored at the client's last training,
+computed with a body that has since moved, were reused: a defect.)
+
+``mode="flbench"`` (FL-bench ``src/client/pfedfda.py`` + ``src/server/
+pfedfda.py`` as the FedOBP Table IV logs ran it): the FL-bench client has no
+custom training, so training is plain FedAvg of the whole model (the model's
+linear classifier trained and averaged); statistics are never uploaded, so the
+global means stay ``mu_g ~ U[0, 1)`` and ``Sigma_g = I`` forever; at every
+evaluation each client builds an LDA head from the current global body's
+features of its train set, with beta searched (as in training, folds keyed by
+the evaluation context) against those random global statistics. The default
+``mode="paper"`` is the published algorithm.
 
 Deviations: beta is the best point of a ``beta_grid x beta_grid`` grid on
 [0, 1]^2 (the reference: 10 L-BFGS iterations from (0.5, 0.5)); folds are a
@@ -68,20 +84,28 @@ class PFedFDAConfig:
     beta_grid: grid points per beta axis, >= 2.
     single_beta: one beta for means and covariance.
     local_beta: beta = (1, 1) (no search).
+    mode: ``"paper"`` (published) or ``"flbench"`` (FL-bench's FedAvg training
+      and evaluation-time LDA heads; module docstring).
   """
   eps: float = 1e-4
   num_cv_folds: int = 2
   beta_grid: int = 11
   single_beta: bool = False
   local_beta: bool = False
+  mode: str = "paper"
 
   def validate(self) -> None:
+    if self.mode not in MODES:
+      raise ValueError(f"pfedfda.mode={self.mode!r}; allowed: {list(MODES)}")
     if not 0.0 < self.eps < 1.0:
       raise ValueError(f"pfedfda.eps={self.eps}; allowed: (0, 1)")
     if self.num_cv_folds < 2:
       raise ValueError(f"pfedfda.num_cv_folds={self.num_cv_folds}; allowed: >= 2")
     if self.beta_grid < 2:
       raise ValueError(f"pfedfda.beta_grid={self.beta_grid}; allowed: >= 2")
+
+
+MODES = ("paper", "flbench")
 
 
 class FDAServer(NamedTuple):
@@ -245,11 +269,72 @@ def pfedfda(*, spec: LocalSpec, params, config: PFedFDAConfig) -> Algorithm:
     cov = jnp.where(client.trained, client.cov, server.cov)
     return {**server.params, HEAD: lda_head(means, cov, client.priors, config.eps)}
 
-  return Algorithm("pfedfda", init, broadcast, local, finalize, aggregate, personalize)
+  def personalize_with_data(server, client, train_data, *, ctx):
+    feats, ys, valid = train_features(spec.apply, server.params, train_data)
+    priors = label_priors(ys, valid, num_classes, config.eps)
+    means, cov = mle_stats(feats, ys, valid, server.means, config.num_cv_folds)
+    beta = client.beta
+    means = jnp.where(client.trained, beta[0] * means + (1 - beta[0]) * server.means,
+                      server.means)
+    cov = jnp.where(client.trained, beta[1] * cov + (1 - beta[1]) * server.cov, server.cov)
+    return {**server.params, HEAD: lda_head(means, cov, priors, config.eps)}
+
+  return Algorithm("pfedfda", init, broadcast, local, finalize, aggregate, personalize,
+                   personalize_with_data=personalize_with_data)
+
+
+def train_features(apply_fn, params, data, chunk: int = 256):
+  """``(features [M, D], labels [M], valid [M] bool)`` of the body of
+  ``params`` over the client's train slots (``valid``: slot < count)."""
+  valid = jnp.arange(data.idx.shape[0]) < data.count
+  feats = jax.lax.map(lambda i: _features.features(apply_fn, params, data.x[i][None])[0],
+                      data.idx, batch_size=min(chunk, data.idx.shape[0]))
+  return feats, data.y[data.idx], valid
+
+
+def pfedfda_flbench(*, spec: LocalSpec, params, config: PFedFDAConfig) -> Algorithm:
+  """FL-bench's pFedFDA (``mode="flbench"``, module docstring). Server state:
+  :class:`FDAServer` (statistics never change); no client state."""
+  num_classes = params[HEAD]["kernel"].shape[1]
+  dim = params[HEAD]["kernel"].shape[0]
+
+  def init(params, num_clients, *, key=None):
+    if key is None:
+      raise ValueError("pfedfda: init needs key= (the run's algorithm_init stream)")
+    return FDAServer(params, jax.random.uniform(key, (num_classes, dim)), jnp.eye(dim)), ()
+
+  def broadcast(server, client, *, ctx=None):
+    return server.params, ()
+
+  def finalize(server, client, trained, extra, *, ctx=None):
+    return trained, client, {}
+
+  def aggregate(server, uploads, weights, *, ctx=None):
+    return server._replace(params=weighted_mean(uploads, weights)), {}
+
+  def personalize(server, client):
+    return server.params
+
+  def personalize_with_data(server, client, train_data, *, ctx):
+    feats, ys, valid = train_features(spec.apply, server.params, train_data)
+    priors = label_priors(ys, valid, num_classes, config.eps)
+    means, cov = mle_stats(feats, ys, valid, server.means, config.num_cv_folds)
+    if config.local_beta:
+      beta = jnp.ones((2,), jnp.float32)
+    else:
+      beta = search_beta(feats, ys, valid, server.means, server.cov, priors, config, ctx.key)
+    means = beta[0] * means + (1 - beta[0]) * server.means
+    cov = beta[1] * cov + (1 - beta[1]) * server.cov
+    return {**server.params, HEAD: lda_head(means, cov, priors, config.eps)}
+
+  return Algorithm("pfedfda", init, broadcast, spec.program(), finalize, aggregate, personalize,
+                   personalize_with_data=personalize_with_data)
 
 
 def _build(cfg: PFedFDAConfig, *, spec, params) -> Algorithm:
-  return pfedfda(spec=spec, params=params, config=cfg)
+  cfg.validate()
+  build = pfedfda_flbench if cfg.mode == "flbench" else pfedfda
+  return build(spec=spec, params=params, config=cfg)
 
 
 SPECS = {"pfedfda": AlgorithmSpec(PFedFDAConfig, _build,

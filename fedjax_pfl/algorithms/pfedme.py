@@ -15,7 +15,11 @@ epochs (batches of < 2 examples skipped):
 ``w_i``; server ``theta_bar <- (1 - beta) theta_bar + beta sum_i n_i w_i /
 sum_i n_i`` (FL-bench weights by train-set size). The client stores its last
 ``theta_hat_i`` and is evaluated with it; a client never sampled is evaluated
-with the global model (as FL-bench, which falls back to the loaded global).
+with the global model (the paper's personalized evaluation).
+
+Not copied from FL-bench: FL-bench's pFedMe never writes the personalized
+model back to its stored per-client dict, so every client is evaluated with
+``theta^0`` for the whole run (a bug; pFedMe is not in the FedOBP tables).
 
 Deviations: ``eta`` defaults to the client learning rate read off the
 client optimizer (FL-bench ``local_lr``); the client optimizer's momentum and

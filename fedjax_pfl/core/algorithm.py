@@ -17,7 +17,12 @@ Round ``t`` (driver: :func:`fedjax_pfl.core.rounds.round_fn`)::
 ``weights`` are the clients' train-set sizes, 0 for cohort padding. Evaluation
 uses ``personalize(server, client_i)``: the model client i is judged by,
 applied with ``eval_apply(personalized, x) -> logits`` when the algorithm sets
-it (e.g. APFL's logit mixture), else with the model's ``apply``.
+it (e.g. APFL's logit mixture), else with the model's ``apply``. An algorithm
+whose evaluated model needs the client's own TRAIN data (pFedFDA's LDA head
+from the current body's features) sets ``personalize_with_data(server,
+client_i, train_data, *, ctx)`` instead: evaluation and fine-tuning then call
+it (mapped over all clients like every per-client slot, on every backend) and
+``personalize`` is unused there.
 
 Context (optax's extra-arguments pattern): ``broadcast``, ``finalize`` and
 ``aggregate`` receive a keyword-only ``ctx`` with the round index, the client
@@ -27,6 +32,10 @@ stream. ``aggregate`` sees the whole stacked client state (``ctx.clients``,
 ``[N, ...]``, sharded like the client state) and may return it changed as a
 third output: per-client tables live in the client state, never in the server
 state. :meth:`ServerContext.write` writes rows of the cohort.
+
+Full-participation rounds: an algorithm may name static round indices
+(``full_rounds``) in which every client trains; ``aggregate`` then also gets
+the round's normally sampled cohort as ``ctx.sampled``.
 """
 
 from typing import Callable, NamedTuple, Protocol
@@ -34,7 +43,7 @@ from typing import Callable, NamedTuple, Protocol
 import jax
 
 from fedjax_pfl.core import cohort
-from fedjax_pfl.core.local import LocalProgram
+from fedjax_pfl.core.local import ClientData, LocalProgram
 from fedjax_pfl.types import Metrics, Params, PyTree
 
 
@@ -63,12 +72,22 @@ class ServerContext(NamedTuple):
     key: typed PRNG key ``fold_in(aggregate_stream, t)``.
     clients: the stacked ``[N, ...]`` client state after this round's
       ``finalize`` outputs were written.
+    sampled: ``[C]`` bool, the clients of the round's normally sampled cohort:
+      equal to ``valid`` except in a full-participation round
+      (``Algorithm.full_rounds``), where the cohort is all ``N`` clients and
+      ``sampled`` marks those the round would otherwise have had. None when
+      a caller builds a context by hand (read it through :meth:`in_sample`).
   """
   round: jax.Array
   client_ids: jax.Array
   valid: jax.Array
   key: jax.Array
   clients: PyTree
+  sampled: jax.Array | None = None
+
+  def in_sample(self) -> jax.Array:
+    """``[C]`` bool: ``sampled`` if given, else ``valid``."""
+    return self.valid if self.sampled is None else self.sampled
 
   def write(self, rows: PyTree, *, clients: PyTree | None = None,
             where: jax.Array | None = None) -> PyTree:
@@ -111,8 +130,26 @@ class PersonalizeFn(Protocol):
     """The parameters client ``i`` is evaluated with."""
 
 
+class PersonalizeWithDataFn(Protocol):
+  def __call__(self, server: PyTree, client: PyTree, train_data: ClientData, *,
+               ctx: ClientContext) -> Params:
+    """The parameters client ``i`` is evaluated with, computed from its own
+    train data (``train_data``: its :class:`ClientData` train view; ``ctx``:
+    the evaluated round ``t`` = rounds run so far, the client id and the key
+    ``fold_in(fold_in(eval_stream, t), i)``)."""
+
+
 class Algorithm(NamedTuple):
-  """A federated algorithm as pure slots (see the module docstring)."""
+  """A federated algorithm as pure slots (see the module docstring).
+
+  ``personalize_with_data`` (optional): replaces ``personalize`` in
+  evaluation and fine-tuning when set (module docstring).
+
+  ``full_rounds`` (static): round indices in which the cohort is ALL ``N``
+  clients (FL-bench FLOCO's all-client round); ``aggregate`` sees the
+  normally sampled cohort as ``ctx.sampled``. Every backend runs such a round
+  as its own program with ``C = N``; the compiled round loop splits its scan
+  there."""
   name: str
   init: InitFn
   broadcast: BroadcastFn
@@ -121,3 +158,5 @@ class Algorithm(NamedTuple):
   aggregate: AggregateFn
   personalize: PersonalizeFn
   eval_apply: Callable[..., jax.Array] | None = None
+  personalize_with_data: PersonalizeWithDataFn | None = None
+  full_rounds: tuple[int, ...] = ()

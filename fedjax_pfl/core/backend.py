@@ -203,11 +203,14 @@ class _Backend:
     return sizes
 
   def map_clients(self, fn: Callable[..., Any], shared, stacked_clients, data, ids: jax.Array,
-                  *, test: bool = True) -> PyTree:
+                  *, test: bool = True, with_ids: bool = False) -> PyTree:
     """``fn(shared, client, client_data) -> out`` for every id in ``ids``
-    inside a trace (``lax.map``, in chunks of the chunk size under vmap)."""
+    inside a trace (``lax.map``, in chunks of the chunk size under vmap);
+    ``test``: the clients' test (else train) view; ``with_ids``: ``fn`` also
+    gets the client id as a fourth argument."""
     def one(cid):
-      return fn(shared, gather(stacked_clients, cid), client_data(data, cid, test=test))
+      args = (shared, gather(stacked_clients, cid), client_data(data, cid, test=test))
+      return fn(*args, cid) if with_ids else fn(*args)
     if self.execution.parallelism == "vmap":
       return jax.lax.map(one, ids, batch_size=self.execution.chunk_size or len(ids))
     return jax.lax.map(one, ids)

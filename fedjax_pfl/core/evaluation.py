@@ -1,6 +1,7 @@
 """Evaluation of every client, plain and after fine-tuning (pure functions).
 
-A client is evaluated with the model ``personalize(server, client)`` (or, after
+A client is evaluated with the model ``personalize(server, client)`` (or
+``personalize_with_data`` on its train data, :func:`personalized`; or, after
 fine-tuning, the model it trained from that for a few epochs), applied to its
 own test examples in padded batches; per-client sums (correct predictions,
 summed cross-entropy) become pooled and client-mean figures on the host.
@@ -14,7 +15,7 @@ import numpy as np
 import optax
 
 from fedjax_pfl.core import cohort
-from fedjax_pfl.core.algorithm import Algorithm
+from fedjax_pfl.core.algorithm import Algorithm, ClientContext
 from fedjax_pfl.core.local import ClientData, LocalProgram
 from fedjax_pfl.types import Metrics
 
@@ -68,13 +69,27 @@ def summarize_eval(correct: np.ndarray, loss_sum: np.ndarray, counts: np.ndarray
   }
 
 
+def personalized(alg: Algorithm, server, client, train_data: ClientData, cid, round_idx,
+                 key: jax.Array):
+  """The model client ``cid`` is evaluated with: ``personalize_with_data``
+  (context: ``round_idx``, ``cid``, ``fold_in(key, cid)``) when the algorithm
+  sets it, else ``personalize`` (traceable)."""
+  if alg.personalize_with_data is None:
+    return alg.personalize(server, client)
+  ctx = ClientContext(jnp.asarray(round_idx, jnp.int32), jnp.asarray(cid, jnp.int32),
+                      jax.random.fold_in(key, cid))
+  return alg.personalize_with_data(server, client, train_data, ctx=ctx)
+
+
 def finetune_task(alg: Algorithm, program: LocalProgram) -> cohort.ClientTask:
   """Each client trains its personalized model with ``program`` (FL-bench's
-  "after fine-tuning"); shared = ``(server, key)``; the output is the tuned
-  params. The client's key is ``fold_in(key, client id)``."""
+  "after fine-tuning"); shared = ``(server, key, round)``; the output is the
+  tuned params. The client's key is ``fold_in(key, client id)`` (the same key
+  is the context key of ``personalize_with_data``)."""
   def prologue(shared, client, cdata, cid):
-    server, key = shared
-    return program.init(alg.personalize(server, client), cdata, jax.random.fold_in(key, cid))
+    server, key, round_idx = shared
+    start = personalized(alg, server, client, cdata, cid, round_idx, key)
+    return program.init(start, cdata, jax.random.fold_in(key, cid))
 
   def epilogue(shared, client, state):
     return program.finish(state)[0]

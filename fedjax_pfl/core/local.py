@@ -255,6 +255,8 @@ class LocalSpec(NamedTuple):
     state_mask: ``Model.state_mask`` (True on BN running statistics), else None.
     lr: the client learning rate (for algorithms whose own updates use it,
       e.g. APFL's alpha step, pFedMe's eta), or None if unknown.
+    model_init: the model's ``init(key) -> params`` (for algorithms that draw
+      further models, e.g. Separate's per-client initial models), or None.
   """
   apply: Callable[..., jax.Array]
   optimizer: optax.GradientTransformation
@@ -264,6 +266,7 @@ class LocalSpec(NamedTuple):
   apply_train: Callable[..., Any] | None = None
   state_mask: Any = None
   lr: float | None = None
+  model_init: Callable[[jax.Array], Any] | None = None
 
   def forward(self, params, batch: Batch) -> tuple[jax.Array, Params]:
     """Train-mode logits and the params with updated BN statistics (the same

@@ -106,7 +106,8 @@ def mean_valid(metrics: Metrics, valid: jax.Array) -> Metrics:
 
 
 def finish_round(alg: Algorithm, server, clients, outputs, ids: jax.Array, valid: jax.Array,
-                 train_counts: jax.Array, round_idx, keys: RunKeys):
+                 train_counts: jax.Array, round_idx, keys: RunKeys,
+                 sampled: jax.Array | None = None):
   """Writes the cohort's new client states, then ``aggregate``.
 
   Args:
@@ -117,6 +118,8 @@ def finish_round(alg: Algorithm, server, clients, outputs, ids: jax.Array, valid
     train_counts: ``[N]`` train-set sizes (the aggregation weights).
     round_idx: ``[]`` int32 round index.
     keys: the run's key streams.
+    sampled: ``[C]`` bool, the normally sampled clients (full rounds);
+      default ``valid``.
 
   Returns:
     ``(server, clients, metrics)``: cohort means of the per-client metrics,
@@ -128,7 +131,8 @@ def finish_round(alg: Algorithm, server, clients, outputs, ids: jax.Array, valid
   weights = (train_counts[jnp.minimum(ids, num_clients - 1)] * valid).astype(jnp.float32)
   clients = cohort.scatter(clients, ids, new_clients, valid)
   r = jnp.asarray(round_idx, jnp.int32)
-  ctx = ServerContext(r, ids, valid, jax.random.fold_in(keys.aggregate, r), clients)
+  sampled = valid if sampled is None else sampled
+  ctx = ServerContext(r, ids, valid, jax.random.fold_in(keys.aggregate, r), clients, sampled)
   out = alg.aggregate(server, uploads, weights, ctx=ctx)
   server, agg_metrics = out[0], out[1]
   if len(out) == 3:
@@ -141,13 +145,42 @@ def finish_round(alg: Algorithm, server, clients, outputs, ids: jax.Array, valid
 
 def round_fn(alg: Algorithm, task: cohort.ClientTask, map_cohort: Callable[..., Any],
              server, clients, data, ids: jax.Array, valid: jax.Array, round_idx,
-             keys: RunKeys):
+             keys: RunKeys, sampled: jax.Array | None = None):
   """One traced round: ``map_cohort`` (a backend's traced client map) over
   ``task``, then :func:`finish_round`. Returns ``(server, clients, metrics)``."""
   shared = round_shared(server, keys, round_idx)
   outputs = map_cohort(task, shared, clients, data, ids)
   return finish_round(alg, server, clients, outputs, ids, valid, data.train_counts, round_idx,
-                      keys)
+                      keys, sampled)
+
+
+def sampled_mask(plan: "CohortPlan", sample_key: jax.Array, round_idx, ids: jax.Array,
+                 valid: jax.Array) -> jax.Array:
+  """``[C']`` bool: which of ``ids`` are in round ``round_idx``'s normally
+  sampled cohort (traceable; for full-participation rounds)."""
+  return valid & jnp.isin(ids, cohort_ids(plan, sample_key, round_idx))
+
+
+def full_ids(num_clients: int, padded_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(ids [N'], valid [N'])``: every client, padded (host numpy)."""
+  return cohort.pad_ids(np.arange(num_clients), padded_size, num_clients)
+
+
+def segments(first_round: int, num_rounds: int,
+             full_rounds: tuple[int, ...]) -> list[tuple[int, int, bool]]:
+  """``[(start, length, full)]``: rounds ``first .. first + R - 1`` split so
+  that every full-participation round is its own segment of length 1."""
+  out, start = [], first_round
+  end = first_round + num_rounds
+  for r in sorted(set(full_rounds)):
+    if first_round <= r < end:
+      if r > start:
+        out.append((start, r - start, False))
+      out.append((r, 1, True))
+      start = r + 1
+  if start < end:
+    out.append((start, end - start, False))
+  return out
 
 
 class CohortPlan(NamedTuple):

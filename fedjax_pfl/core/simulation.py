@@ -131,39 +131,59 @@ class Simulation:
                        f"{self.plan.table.shape[0]} rounds (train.rounds)")
 
   # -- rounds --------------------------------------------------------------------
-  def _finish(self, server, clients, outputs, ids, valid, round_idx):
+  def _finish(self, server, clients, outputs, ids, valid, round_idx, sampled):
     return rounds.finish_round(self.algorithm, server, clients, outputs, ids, valid,
-                               self.data.train_counts, round_idx, self.keys)
+                               self.data.train_counts, round_idx, self.keys, sampled)
 
-  def _round(self, server, clients, data, ids, valid, round_idx):
+  def _round(self, server, clients, data, ids, valid, round_idx, sampled):
     return rounds.round_fn(self.algorithm, self.task, self.backend.map_cohort, server, clients,
-                           data, ids, valid, round_idx, self.keys)
+                           data, ids, valid, round_idx, self.keys, sampled)
+
+  def is_full_round(self, round_idx: int) -> bool:
+    """Whether round ``round_idx`` is one of the algorithm's full-participation
+    rounds (``Algorithm.full_rounds``: every client trains)."""
+    return int(round_idx) in self.algorithm.full_rounds
+
+  def round_cohort(self, round_idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids [C'], valid [C'], sampled [C'])`` of round ``round_idx`` (host
+    numpy): the padded sampled cohort, or every client in a full round
+    (``sampled`` then marks the normally sampled ones)."""
+    picked = self.cohort(round_idx)
+    if not self.is_full_round(round_idx):
+      ids, valid = self.backend.pad_cohort(picked)
+      return ids, valid, valid
+    ids, valid = rounds.full_ids(self.num_clients, self.backend.padded_size(self.num_clients))
+    return ids, valid, valid & np.isin(ids, picked)
 
   def run_round(self, state: SimState) -> tuple[SimState, Metrics]:
-    """One round; returns the new state and host-side scalar metrics.
+    """One round; returns the new state and host-side scalar metrics. In a
+    full-participation round (:meth:`is_full_round`) every client trains
+    (one program with ``C = N``).
 
     With ``donate=True`` (the default) ``state.clients`` is consumed."""
-    ids, valid = self.backend.pad_cohort(self.cohort(state.round))
+    ids, valid, sampled = self.round_cohort(state.round)
     b = self.backend
     if b.fused:
       prog = b.jit(self._round, donate=self._donated, state_outputs=True)
-      ids_, valid_, r = b.put((ids, valid, np.int32(state.round)))
-      server, clients, metrics = prog(state.server, state.clients, self.data, ids_, valid_, r)
+      ids_, valid_, r, sampled_ = b.put((ids, valid, np.int32(state.round), sampled))
+      server, clients, metrics = prog(state.server, state.clients, self.data, ids_, valid_, r,
+                                      sampled_)
     else:
       shared = self._shared(state.server, self.keys, state.round)
       counts = self.train_counts[np.minimum(ids, self.num_clients - 1)]
       outputs = b.map_cohort(self.task, shared, state.clients, self.data, ids, counts)
       finish = b.jit(self._finish, donate=self._donated)
       server, clients, metrics = finish(state.server, state.clients, outputs, ids, valid,
-                                        np.int32(state.round))
+                                        np.int32(state.round), sampled)
     metrics = {k: float(v) for k, v in metrics.items()}
     return SimState(server, clients, state.round + 1), metrics
 
   def compile_round(self, state: SimState) -> dict[str, float]:
     """AOT-compiles every program :meth:`run_round` runs from ``state`` and
     installs it, so that rounds then run without compiling (all cohorts have
-    the same padded size: one compile serves every round). For separating
-    compile time from steady state in benchmarks.
+    the same padded size: one compile serves every round; a full-participation
+    round, ``Algorithm.full_rounds``, compiles its own program on first use).
+    For separating compile time from steady state in benchmarks.
 
     Returns:
       ``{program: compile seconds, ..., "total": seconds}``.
@@ -175,7 +195,8 @@ class Simulation:
       opts = {"donate": self._donated, "state_outputs": True}
       start = time.perf_counter()
       compiled = self.backend.jit(self._round, **opts).lower(
-          state.server, state.clients, self.data, *self.backend.put((ids, valid, r))).compile()
+          state.server, state.clients, self.data,
+          *self.backend.put((ids, valid, r, valid))).compile()
       secs = {"round": time.perf_counter() - start}
       self.backend.install(self._round, compiled, **opts)
     else:
@@ -183,7 +204,7 @@ class Simulation:
       secs, outputs = self.backend.compile_task(self.task, shared, state.clients, self.data, ids)
       start = time.perf_counter()
       compiled = self.backend.jit(self._finish, donate=self._donated).lower(
-          state.server, state.clients, outputs, ids, valid, r).compile()
+          state.server, state.clients, outputs, ids, valid, r, valid).compile()
       secs["aggregate_scatter"] = time.perf_counter() - start
       self.backend.install(self._finish, compiled, donate=self._donated)
     secs["total"] = sum(secs.values())
@@ -201,7 +222,7 @@ class Simulation:
     ids, valid = self.backend.pad_cohort(self.cohort(state.round))
     prog = self.backend.jit(self._round, donate=self._donated, state_outputs=True)
     return prog.lower(state.server, state.clients, self.data,
-                      *self.backend.put((ids, valid, np.int32(state.round))))
+                      *self.backend.put((ids, valid, np.int32(state.round), valid)))
 
   def _rounds(self, server, clients, data, first_round, keys, num_rounds: int):
     return rounds.rounds_fn(self.algorithm, self.task, self.backend.map_cohort, self.plan,
@@ -212,9 +233,11 @@ class Simulation:
 
     On the compiled backend all rounds are ONE program (a ``lax.scan`` over
     rounds that samples each cohort on device); the host syncs once at the end
-    and one program is compiled per distinct ``num_rounds``. Otherwise this
-    loops :meth:`run_round`. Results equal ``num_rounds`` calls of
-    :meth:`run_round` (float reductions may differ in the last bits).
+    and one program is compiled per distinct ``num_rounds``; the scan is split
+    at the algorithm's full-participation rounds, each of which runs as its
+    own program (:meth:`run_round`). Otherwise this loops :meth:`run_round`.
+    Results equal ``num_rounds`` calls of :meth:`run_round` (float reductions
+    may differ in the last bits).
 
     Raises:
       ValueError: if ``num_rounds < 1``.
@@ -227,11 +250,21 @@ class Simulation:
         records.append(metrics)
       return state, records
     self._check_table(state.round + num_rounds)
-    prog = self.backend.jit(self._rounds, donate=self._donated, static=(5,), state_outputs=True)
-    first = self.backend.put(jnp.int32(state.round))
-    server, clients, stacked = prog(state.server, state.clients, self.data, first, self.keys,
-                                    num_rounds)
-    return SimState(server, clients, state.round + num_rounds), rounds.per_round(stacked)
+    records = []
+    for _, length, full in rounds.segments(state.round, num_rounds,
+                                           self.algorithm.full_rounds):
+      if full:
+        state, metrics = self.run_round(state)
+        records.append(metrics)
+        continue
+      prog = self.backend.jit(self._rounds, donate=self._donated, static=(5,),
+                              state_outputs=True)
+      first = self.backend.put(jnp.int32(state.round))
+      server, clients, stacked = prog(state.server, state.clients, self.data, first, self.keys,
+                                      length)
+      state = SimState(server, clients, state.round + length)
+      records.extend(rounds.per_round(stacked))
+    return state, records
 
   # -- several runs (seeds, hyperparameters) in one program ----------------------
   def _check_batching(self) -> None:
@@ -281,6 +314,15 @@ class Simulation:
                               first_round, k, num_rounds)
     return self.backend.vmap_runs(one_run)(server, clients, keys, hparams)
 
+  def _full_round_batch(self, server, clients, data, ids, valid, round_idx, keys, hparams):
+    def one_run(s, c, k, hp):
+      alg = self._algorithm_for(hp)
+      task = self.task if alg is self.algorithm else rounds.client_task(alg)
+      sampled = rounds.sampled_mask(self.plan, k.sample, round_idx, ids, valid)
+      return rounds.round_fn(alg, task, self.backend.map_cohort, s, c, data, ids, valid,
+                             round_idx, k, sampled)
+    return self.backend.vmap_runs(one_run)(server, clients, keys, hparams)
+
   def run_rounds_batch(self, state: SimState, seeds: Sequence[int], num_rounds: int,
                        hparams: Mapping[str, Sequence[float]] | None = None,
                        ) -> tuple[SimState, list[list[Metrics]]]:
@@ -303,16 +345,31 @@ class Simulation:
     stacked_hp = self._stacked_hparams(hparams, len(seeds))
     keys = rounds.RunKeys(*(jnp.stack(k) for k in zip(*(rounds.run_keys(int(s))
                                                         for s in seeds))))
-    prog = self.backend.jit(self._rounds_batch, donate=self._donated, static=(5,))
-    server, clients, stacked = prog(state.server, state.clients, self.data,
-                                    jnp.int32(state.round), keys, num_rounds, stacked_hp)
-    records = [rounds.per_round(jax.tree.map(lambda v: v[i], stacked))  # [S, R] -> run i
-               for i in range(len(seeds))]
+    records: list[list[Metrics]] = [[] for _ in seeds]
+    server, clients, r = state.server, state.clients, state.round
+    for _, length, full in rounds.segments(r, num_rounds, self.algorithm.full_rounds):
+      if full:  # every client trains: its own program, C = N (vmapped over runs)
+        ids, valid = rounds.full_ids(self.num_clients, self.backend.padded_size(self.num_clients))
+        prog = self.backend.jit(self._full_round_batch, donate=self._donated)
+        server, clients, stacked = prog(server, clients, self.data, ids, valid, jnp.int32(r),
+                                        keys, stacked_hp)
+        stacked = {k: v[:, None] for k, v in stacked.items()}  # [S] -> [S, 1]
+      else:
+        prog = self.backend.jit(self._rounds_batch, donate=self._donated, static=(5,))
+        server, clients, stacked = prog(server, clients, self.data, jnp.int32(r), keys,
+                                        length, stacked_hp)
+      for i in range(len(seeds)):  # [S, R] -> run i
+        records[i].extend(rounds.per_round(jax.tree.map(lambda v, i=i: v[i], stacked)))
+      r += length
     return SimState(server, clients, state.round + num_rounds), records
 
-  def _eval_batch(self, server, clients, data, hparams):
+  def _eval_batch(self, server, clients, data, round_idx, hparams):
     def one_run(sv, cl, hp):
-      return self._evaluate_traced(sv, cl, data, self._algorithm_for(hp).personalize)
+      alg = self._algorithm_for(hp)
+      if alg.personalize_with_data is None:
+        return self._evaluate_traced(sv, cl, data, alg.personalize)
+      models = self._personalized_traced(alg, sv, cl, data, round_idx)
+      return self._evaluate_traced((), models, data, evaluation.own_params)
     return self.backend.vmap_runs(one_run)(server, clients, hparams)
 
   def evaluate_batch(self, state: SimState,
@@ -323,7 +380,8 @@ class Simulation:
     num_runs = int(jax.tree.leaves((state.server, state.clients))[0].shape[0])
     stacked_hp = self._stacked_hparams(hparams, num_runs)
     sums = np.asarray(self.backend.jit(self._eval_batch)(state.server, state.clients,
-                                                         self.data, stacked_hp))
+                                                         self.data, jnp.int32(state.round),
+                                                         stacked_hp))
     return [evaluation.summarize_eval(s[:, 0], s[:, 1], self.test_counts)
             for s in sums]  # [S, N, 2]
 
@@ -346,14 +404,34 @@ class Simulation:
                                       self._evaluate_traced)
     return evaluation.summarize_eval(sums[:, 0], sums[:, 1], self.test_counts)
 
+  def _personalized_traced(self, alg: Algorithm, server, clients, data, round_idx):
+    """``[N]`` stacked models of ``alg.personalize_with_data`` over every
+    client's train data (mapped like evaluation; keys from the ``eval``
+    stream, (seed, round, client id))."""
+    key = jax.random.fold_in(self.eval_key, round_idx)
+
+    def one(shared, client, cdata, cid):
+      return evaluation.personalized(alg, shared, client, cdata, cid, round_idx, key)
+    ids = jnp.arange(self.num_clients, dtype=jnp.int32)
+    return self.backend.map_clients(one, server, clients, data, ids, test=False, with_ids=True)
+
+  def _personalize_all(self, server, clients, data, round_idx):
+    return self._personalized_traced(self.algorithm, server, clients, data, round_idx)
+
   def evaluate(self, state: SimState) -> Metrics:
     """Evaluates every client with ``personalize``: pooled (sample-weighted)
     accuracy, unweighted client-mean accuracy, pooled loss, per-client lists
-    (:func:`~fedjax_pfl.core.evaluation.summarize_eval`)."""
+    (:func:`~fedjax_pfl.core.evaluation.summarize_eval`). With
+    ``personalize_with_data`` every client's model is first built from its
+    train data (one program, all clients), then evaluated as its own model."""
+    if self.algorithm.personalize_with_data is not None:
+      models = self.backend.jit(self._personalize_all)(
+          state.server, state.clients, self.data, self.backend.put(jnp.int32(state.round)))
+      return self._evaluate_with(evaluation.own_params, (), models)
     return self._evaluate_with(self.algorithm.personalize, state.server, state.clients)
 
-  def _finetune_all(self, server, clients, data, ids, key):
-    return self.backend.map_cohort(self._ft_task, (server, key), clients, data, ids)
+  def _finetune_all(self, server, clients, data, ids, key, round_idx):
+    return self.backend.map_cohort(self._ft_task, (server, key, round_idx), clients, data, ids)
 
   def evaluate_finetuned(self, state: SimState) -> Metrics:
     """FL-bench's "after fine-tuning" numbers: every client trains its
@@ -368,12 +446,13 @@ class Simulation:
       raise ValueError("evaluate_finetuned needs Simulation(finetune=...)")
     ids, _ = self.backend.pad_cohort(np.arange(self.num_clients))
     key = jax.random.fold_in(self.eval_key, state.round)
+    r = np.int32(state.round)
     if self.backend.fused:
       tuned = self.backend.jit(self._finetune_all)(state.server, state.clients, self.data,
-                                                   *self.backend.put((ids, key)))
+                                                   *self.backend.put((ids, key, r)))
     else:
       counts = self.train_counts[np.minimum(ids, self.num_clients - 1)]
-      tuned = self.backend.map_cohort(self._ft_task, (state.server, key), state.clients,
+      tuned = self.backend.map_cohort(self._ft_task, (state.server, key, r), state.clients,
                                       self.data, ids, counts)
     tuned = jax.tree.map(lambda a: a[:self.num_clients], tuned)
     return self._evaluate_with(evaluation.own_params, (), tuned)

@@ -13,6 +13,7 @@ from fedjax_pfl import algorithms
 from fedjax_pfl.algorithms.fedobp import FedOBPConfig
 from fedjax_pfl.algorithms.fedselect import FedSelectConfig
 from fedjax_pfl.algorithms.floco import FlocoConfig
+from fedjax_pfl.algorithms.pfedfda import PFedFDAConfig
 from fedjax_pfl.core import backend
 from tests.helpers import make_sim, run_rounds
 
@@ -22,6 +23,8 @@ CONFIGS = {
     "fedobp-fisher": FedOBPConfig(quantile=0.8, score="fisher"),
     "fedselect": FedSelectConfig(lth_epoch_iters=1),      # masks grow after round 1
     "floco": FlocoConfig(tau=1, endpoints=3),             # projection, then ball sampling
+    "floco-flbench": FlocoConfig(tau=2, endpoints=3, mode="flbench"),  # all-client round 1
+    "pfedfda-flbench": PFedFDAConfig(mode="flbench"),     # FedAvg + LDA heads at evaluation
 }
 CASES = sorted(set(algorithms.REGISTRY) | set(CONFIGS))
 SEQ_PY = backend.Execution(parallelism="sequential", step_loop="python")

@@ -80,3 +80,29 @@ def test_eta_zero_equals_fedavg():
 def test_invalid_config_rejected():
   with pytest.raises(ValueError, match="fedala.rand_percent=0"):
     FedALAConfig(rand_percent=0.0).validate()
+
+
+def test_flbench_eval_is_the_global_model_for_every_client_but_client_0():
+  """``eval_mode="flbench"``: FL-bench's shared worker reloads the global model
+  for every client after the first; training is unchanged."""
+  from fedjax_pfl.core.rounds import SimState
+  sim, p0 = make_sim("fedala")
+  sim_fb, _ = make_sim("fedala", FedALAConfig(eval_mode="flbench"))
+  sim_avg, _ = make_sim("fedavg")
+  state, _ = run_rounds(sim, p0, 2)
+  state_fb, _ = run_rounds(sim_fb, p0, 2)
+  chex.assert_trees_all_equal(state_fb.server, state.server)
+  chex.assert_trees_all_equal(state_fb.clients[0], state.clients)
+  e_fb = sim_fb.evaluate(state_fb)["client_accuracy"]
+  e_own = sim.evaluate(state)["client_accuracy"]
+  e_glob = sim_avg.evaluate(SimState(state.server, (), 2))["client_accuracy"]
+  assert e_fb[0] == e_own[0]
+  assert e_fb[1:] == e_glob[1:]
+  own = _client(OTHER, weights=tuple(0.5 * jnp.ones_like(x) for x in TOP_SPLIT.select(P0)))
+  merged = sim.algorithm.personalize(state.server, own)
+  assert not np.allclose(merged["classifier"]["kernel"], state.server["classifier"]["kernel"])
+  chex.assert_trees_all_equal(sim_fb.algorithm.personalize(state.server, (own, True)), merged)
+  chex.assert_trees_all_equal(sim_fb.algorithm.personalize(state.server, (own, False)),
+                              state.server)
+  with pytest.raises(ValueError, match="fedala.eval_mode='x'"):
+    FedALAConfig(eval_mode="x").validate()

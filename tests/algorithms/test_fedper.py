@@ -46,3 +46,38 @@ def test_heads_are_personal_and_body_is_shared():
 def test_invalid_regex_is_rejected():
   with pytest.raises(ValueError, match=r"fedper.personal_layers='\('"):
     FedPerConfig(personal_layers="(").validate()
+
+
+@pytest.mark.parametrize("name,cfg", [
+    ("fedper", FedPerConfig(unseen_personal="server_mean")),
+    ("lgfedavg", None),
+])
+def test_server_mean_round_one_is_fedavg_and_unseen_clients_use_the_average(name, cfg):
+  """FL-bench (``unseen_personal="server_mean"``): round 1 starts every client
+  from theta^0 and averages all parameters, so its server equals FedAvg's; a
+  never-sampled client then trains from and is evaluated with that average."""
+  from fedjax_pfl.algorithms.lgfedavg import LGFedAvgConfig
+  cfg = cfg or LGFedAvgConfig(unseen_personal="server_mean")
+  sim_avg, p0 = make_sim("fedavg")
+  sim, _ = make_sim(name, cfg)
+  _, h_avg = run_rounds(sim_avg, p0, 1)
+  _, h = run_rounds(sim, p0, 1)
+  state = h[0][0]
+  chex.assert_trees_all_close(state.server, h_avg[0][0].server, rtol=1e-6, atol=1e-7)
+  leaves, trained = state.clients
+  picked = sim.cohort(0).tolist()
+  np.testing.assert_array_equal(np.asarray(trained),
+                                [i in picked for i in range(sim.num_clients)])
+  unseen = next(i for i in range(sim.num_clients) if i not in picked)
+  client = jax.tree.map(lambda a: a[unseen], state.clients)
+  chex.assert_trees_all_equal(sim.algorithm.personalize(state.server, client), state.server)
+  chex.assert_trees_all_equal(sim.algorithm.broadcast(state.server, client)[0], state.server)
+  seen = jax.tree.map(lambda a: a[picked[0]], state.clients)
+  model = sim.algorithm.personalize(state.server, seen)
+  assert not np.allclose(model["classifier"]["kernel"], state.server["classifier"]["kernel"])
+  np.testing.assert_array_equal(model["classifier"]["kernel"], seen[0][1])
+
+
+def test_unseen_personal_is_validated():
+  with pytest.raises(ValueError, match=r"fedper.unseen_personal='x'"):
+    FedPerConfig(unseen_personal="x").validate()

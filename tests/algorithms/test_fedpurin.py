@@ -160,3 +160,19 @@ def test_validate():
     FedPURINConfig(grad="fisher").validate()
   with pytest.raises(ValueError, match="fedpurin.tau"):
     FedPURINConfig(tau=-0.1).validate()
+
+
+def test_dense_eval_model_is_the_trained_model_before_sparsification():
+  """``eval_model="dense"``: the stored evaluated model is round 1's trained
+  model unmasked (FedCAC's, same training), training is unchanged."""
+  from fedjax_pfl.algorithms.fedcac import FedCACConfig
+  dense_sim, p0 = make_sim("fedpurin", FedPURINConfig(tau=0.5, eval_model="dense"),
+                           participation=1.0)
+  sparse_sim, _ = make_sim("fedpurin", FedPURINConfig(tau=0.5), participation=1.0)
+  cac, _ = make_sim("fedcac", FedCACConfig(tau=0.5), participation=1.0)
+  dense = run_rounds(dense_sim, p0, 1)[0]
+  sparse = run_rounds(sparse_sim, p0, 1)[0]
+  chex.assert_trees_all_equal(dense.clients.trained, run_rounds(cac, p0, 1)[0].clients.trained)
+  chex.assert_trees_all_equal(dense.clients.next, sparse.clients.next)
+  assert np.mean([np.mean(np.asarray(x) == 0)
+                  for x in jax.tree.leaves(dense.clients.trained)]) < 0.05

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fedjax_pfl.algorithms import floco
 from fedjax_pfl.algorithms.floco import FlocoConfig
@@ -61,3 +62,53 @@ def test_centre_before_tau_then_client_centres():
     row = jax.tree.map(lambda a, i=i: a[i], state.clients)
     np.testing.assert_array_equal(alg.personalize(state.server, row)["alpha"], beta[i])
 
+
+
+def test_flbench_mode_pcas_all_clients_and_evaluates_the_centre_after_tau():
+  """``mode="flbench"``: round tau-1 trains all N clients from the global
+  model; the PCA uses every client's update; only the sampled clients are
+  averaged; the evaluation after that round still uses the centre."""
+  from fedjax_pfl.core import backend
+  from fedjax_pfl.ops.aggregation import weighted_mean
+  cfg = FlocoConfig(tau=2, endpoints=3, mode="flbench")
+  sim, p0 = make_sim("floco", cfg)
+  assert sim.algorithm.full_rounds == (1,)
+  state, hist = run_rounds(sim, p0, 2)
+  assert hist[0][1]["round_clients"] == 4 and hist[1][1]["round_clients"] == 8
+  before = hist[0][0]
+  stats = np.asarray(state.clients.stats)
+  data = tiny_data()
+  trains = np.asarray(data.train_counts) >= 2                  # client 1's one example: no batch
+  assert np.all(np.abs(stats[trains]).sum(1) > 0) and np.all(stats[~trains] == 0)
+  want = floco.best_radius(floco.pca(jnp.asarray(stats), 3))[1]
+  np.testing.assert_allclose(state.clients.beta, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.clients.eval_beta, 1.0 / 3)   # centre until round tau
+  # The all-client pass: client i's update is from the round-1 global model,
+  # and the new global model averages only round 1's sampled clients.
+  picked = np.isin(np.arange(8), sim.cohort(1))
+  ends = before.server["endpoints"].ravel()[None] + stats
+  w = np.asarray(data.train_counts, np.float32) * picked
+  np.testing.assert_allclose(state.server["endpoints"].ravel(),
+                             weighted_mean(jnp.asarray(ends), w), rtol=1e-5, atol=1e-6)
+  state, _ = sim.run_round(state)                                # round tau: centres evaluated
+  np.testing.assert_array_equal(state.clients.eval_beta, state.clients.beta)
+  row = jax.tree.map(lambda a: a[0], state.clients)
+  np.testing.assert_array_equal(sim.algorithm.personalize(state.server, row)["alpha"],
+                                state.clients.beta[0])
+  # Compiled backend: the split scan gives the same run.
+  fused, _ = make_sim("floco", cfg, execution=backend.Execution(parallelism="vmap",
+                                                                step_loop="scan"))
+  got, recs = fused.run_rounds(fused.init(p0), 3)
+  assert [m["round_clients"] for m in recs] == [4, 8, 4]
+  np.testing.assert_allclose(got.clients.beta, state.clients.beta, rtol=1e-4, atol=1e-5)
+
+
+def test_flbench_ball_sample_is_not_renormalized():
+  centre = jnp.array([0.2, 0.3, 0.5])
+  key = jax.random.key(4)
+  raw = floco.sample_alpha(key, True, centre, 0.5, renormalize=False)
+  norm = floco.sample_alpha(key, True, centre, 0.5)
+  np.testing.assert_allclose(norm, raw / jnp.sum(raw), rtol=1e-6)
+  assert abs(float(jnp.sum(raw)) - 1.0) > 1e-4
+  with pytest.raises(ValueError, match="floco.mode='x'"):
+    FlocoConfig(mode="x").validate()

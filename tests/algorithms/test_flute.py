@@ -86,3 +86,34 @@ def test_zero_regularisers_equal_fedper_with_head_then_all_training():
   assert sim.evaluate(got)["loss"] == pytest.approx(ref.evaluate(want)["loss"], rel=1e-5)
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(body(got.server.params)),
                                                    jax.tree.leaves(body(p0))))
+
+
+def test_detach_features_keeps_the_body_at_theta0_bit_for_bit():
+  """FL-bench's ``detach=True``: no loss reaches the body; heads still train."""
+  sim, p0 = make_sim("flute", FLUTEConfig(detach_features=True))
+  state, history = run_rounds(sim, p0, 2)
+  for key in p0:
+    if key != "classifier":
+      chex.assert_trees_all_equal(state.server.params[key], p0[key])
+  picked = sim.cohort(1).tolist()
+  assert not np.allclose(state.clients["kernel"][picked[0]], p0["classifier"]["kernel"])
+  sim_on, _ = make_sim("flute")
+  state_on, _ = run_rounds(sim_on, p0, 1)
+  assert not np.allclose(state_on.server.params["fc1"]["kernel"], p0["fc1"]["kernel"])
+
+
+def test_unseen_personal_server_mean_uses_the_average_head():
+  sim, p0 = make_sim("flute", FLUTEConfig(unseen_personal="server_mean"))
+  state, _ = run_rounds(sim, p0, 1)
+  head, trained = state.clients
+  picked = sim.cohort(0).tolist()
+  np.testing.assert_array_equal(np.asarray(trained),
+                                [i in picked for i in range(sim.num_clients)])
+  unseen = next(i for i in range(sim.num_clients) if i not in picked)
+  client = jax.tree.map(lambda a: a[unseen], state.clients)
+  model = sim.algorithm.personalize(state.server, client)
+  chex.assert_trees_all_equal(model, state.server.params)
+  assert not np.allclose(state.server.params["classifier"]["kernel"], p0["classifier"]["kernel"])
+  seen = jax.tree.map(lambda a: a[picked[0]], state.clients)
+  np.testing.assert_array_equal(sim.algorithm.personalize(state.server, seen)["classifier"]
+                                ["kernel"], seen[0]["kernel"])

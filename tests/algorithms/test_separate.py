@@ -30,3 +30,26 @@ def test_config():
   SeparateConfig().validate()
   with pytest.raises(TypeError):
     SeparateConfig(0)  # kw_only
+
+
+def test_per_client_init_draws_one_model_per_client():
+  """Fling: client i starts from ``model.init(fold_in(algorithm_init key, i))``."""
+  import jax
+
+  from tests.helpers import tiny_model
+  data = tiny_data(num_clients=5)
+  sim, p0 = make_sim("separate", SeparateConfig(init="per_client"), data=data, participation=0.4)
+  state = sim.init(p0)
+  model = tiny_model(data.num_classes)
+  for i in range(5):
+    want = model.init(jax.random.fold_in(sim.algorithm_init_key, i))
+    chex.assert_trees_all_equal(jax.tree.map(lambda a, i=i: a[i], state.clients.trained), want)
+  assert not np.allclose(state.clients.trained["fc1"]["kernel"][0],
+                         state.clients.trained["fc1"]["kernel"][1])
+  after, _ = sim.run_round(state)
+  picked = sim.cohort(0).tolist()
+  other = next(i for i in range(5) if i not in picked)
+  chex.assert_trees_all_equal(jax.tree.map(lambda a: a[other], after.clients.trained),
+                              model.init(jax.random.fold_in(sim.algorithm_init_key, other)))
+  with pytest.raises(ValueError, match="separate.init='x'"):
+    SeparateConfig(init="x").validate()

@@ -17,6 +17,15 @@ only their communication figures changed (FLUTE's upload no longer carries the
 client id, FFGG's trained output no longer the key, so the default accounting
 no longer counts that one value as sent); every accuracy, loss and state value
 is as before. The other 24 cases keep their pre-refactor values.
+
+
+Re-recorded on purpose: ``pfedfda`` (issue 17). Its evaluation now recomputes
+each client's statistics from the CURRENT global body's features of its train
+set (``personalize_with_data``) instead of reusing the stale ones stored at its
+last training (a defect); its training metrics are unchanged. ``ffgg`` (issue
+20): the network FFGG now weights clients uniformly by default (the paper's
+``1/M`` objective; ``client_weights="samples"`` is the former behaviour). New
+cases (recorded when added): ``pfedfda-flbench``, ``floco-flbench``.
 """
 
 import functools
