@@ -8,7 +8,7 @@ applies optax SGD with momentum to it. To show the slots' context argument,
 each sampled client also loses its upload with probability ``drop_prob``
 (drawn from ``ctx.key``, which depends on the run's seed, the round and the
 client id, never on the client's position in the cohort), and the server
-reports the round index it aggregated (``ctx.round``). Registering the spec makes it available
+reports the round index it aggregated (``ctx.round``) as ``aggregated_round``. Registering the spec makes it available
 to the whole engine (CLI included, when this module is imported). Run:
 
   .venv/bin/python examples/new_algorithm.py
@@ -59,7 +59,7 @@ def fedavgm(*, local, cfg: FedAvgMConfig) -> Algorithm:
     mean = jax.tree.map(lambda m, p: jnp.where(jnp.sum(weights) > 0, m, p), mean, params)
     pseudo_grad = jax.tree.map(lambda g, m: g - m, params, mean)
     updates, opt_state = server_opt.update(pseudo_grad, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), {"round": ctx.round}
+    return (optax.apply_updates(params, updates), opt_state), {"aggregated_round": ctx.round}
 
   def personalize(server, client):
     return server[0]

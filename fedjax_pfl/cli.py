@@ -194,12 +194,10 @@ def _compare(args) -> int:
 
 
 def _report(args) -> int:
-  for w in args.workdirs:
-    if not os.path.isfile(os.path.join(w, "summary.json")):
-      raise config_lib.ConfigError(f"{w}: no summary.json (run not finished or not a workdir)")
-  io.ensure_writable_dir(args.out, "--out")
-  from fedjax_pfl.plots import report
+  from fedjax_pfl.plots import find_runs, report
   try:
+    find_runs(args.workdirs)  # every input holds a finished run, before --out is created
+    io.ensure_writable_dir(args.out, "--out")
     table = report(args.workdirs, args.out)
   except FileNotFoundError as e:
     raise config_lib.ConfigError(str(e)) from None

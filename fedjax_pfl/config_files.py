@@ -37,10 +37,11 @@ def from_partial_dict(d: dict[str, Any]) -> config_lib.ExperimentConfig:
     ConfigError: an unknown section or field (names it and the allowed ones),
       or no ``algorithm``.
   """
-  unknown = set(d) - {"algorithm", "algo", *_SECTIONS}
+  # "run" is what a run's config.json records about how it ran (not a setting).
+  unknown = set(d) - {"algorithm", "algo", "protocol", "run", *_SECTIONS}
   if unknown:
     raise ConfigError(f"config file: unknown sections {sorted(unknown)}; allowed: "
-                      f"{sorted(['algorithm', 'algo', *_SECTIONS])}")
+                      f"{sorted(['algorithm', 'algo', 'protocol', *_SECTIONS])}")
   if "algorithm" not in d:
     raise ConfigError("config file: algorithm is missing; allowed: "
                       + ", ".join(sorted(algorithms.REGISTRY)))
@@ -57,7 +58,8 @@ def from_partial_dict(d: dict[str, Any]) -> config_lib.ExperimentConfig:
       raise ConfigError(f"config file: {section}.{sorted(bad)[0]} is unknown; allowed: "
                         f"{sorted(names)}")
     sections[section] = cls(**fields)
-  return config_lib.ExperimentConfig(algorithm=name, **sections)
+  return config_lib.ExperimentConfig(algorithm=name, protocol=d.get("protocol", "none"),
+                                     **sections)
 
 
 def _import(path: str):

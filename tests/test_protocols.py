@@ -99,4 +99,4 @@ def test_experiment_passes_normalization_and_bn_option(monkeypatch):
       algorithm="fedavg", data=config_lib.DataConfig(num_clients=4),
       model=config_lib.ModelConfig(bn_running_var="unbiased"))
   experiment.build_simulation(config, fd)
-  assert seen == [("unbiased",)]
+  assert seen == [("unbiased", "auto")]  # (bn_running_var, pool)

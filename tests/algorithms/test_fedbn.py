@@ -98,9 +98,9 @@ def test_communication_on_tiny_resnet(name, values):
 def test_critical_methods_mask_the_right_tensors_on_tiny_resnet():
   cac, p0 = _resnet_alg("fedcac")
   purin, _ = _resnet_alg("fedpurin")
-  server, _ = cac.init(p0, 2)
-  assert float(server.down_values[0]) == NON_BN + BN_AFFINE     # round 0: trainable theta^0
-  assert float(server.down_bytes[0]) == 4 * (NON_BN + BN_AFFINE)
+  _, clients = cac.init(p0, 2)
+  assert float(clients.down_values[0]) == NON_BN + BN_AFFINE    # round 0: trainable theta^0
+  assert float(clients.down_bytes[0]) == 4 * (NON_BN + BN_AFFINE)
   # FedCAC masks every trainable tensor, FedPURIN only the non-BN ones: the
   # mask sizes are the uplink's bit counts.
   from fedjax_pfl.algorithms import _critical

@@ -127,8 +127,8 @@ def test_aggregation_matches_reference(rounds_done):
     assert float(m["uplink_values"]) == 8 and float(m["uplink_bytes"]) == 4 * 8 + 1
     assert float(m["downlink_bytes"]) == 32 and float(m["critical_fraction"]) == .5
   down = [8, 8, 4] if r <= beta else [4, 4, 4]
-  np.testing.assert_array_equal(np.asarray(server.down_values), down)
-  np.testing.assert_array_equal(np.asarray(server.down_bytes), 4 * np.array(down) + 1)
+  np.testing.assert_array_equal(np.asarray(clients.down_values), down)
+  np.testing.assert_array_equal(np.asarray(clients.down_bytes), 4 * np.array(down) + 1)
   # The next round starts from the merged row; evaluation uses the trained model.
   client0 = jax.tree.map(lambda a: a[0], clients)
   start, (_, down0) = ALG.broadcast(server, client0)

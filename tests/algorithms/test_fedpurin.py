@@ -67,8 +67,8 @@ def test_sparse_aggregation_hand_case():
   for m in metrics:
     assert float(m["uplink_values"]) == 3 and float(m["uplink_bytes"]) == 12.75
     assert float(m["downlink_values"]) == 8  # round 0: the trainable theta^0 (w + bn scale)
-  np.testing.assert_array_equal(np.asarray(server.down_values), [5, 5, 2])
-  np.testing.assert_array_equal(np.asarray(server.down_bytes), [20, 20, 8])
+  np.testing.assert_array_equal(np.asarray(clients.down_values), [5, 5, 2])
+  np.testing.assert_array_equal(np.asarray(clients.down_bytes), [20, 20, 8])
 
 
 def test_after_beta_keeps_own_critical_entries():
@@ -76,7 +76,7 @@ def test_after_beta_keeps_own_critical_entries():
                                  rounds_done=100)                   # r = 101 > beta
   assert float(agg["collaborators"]) == 0.0
   np.testing.assert_allclose(np.asarray(clients.next["w"][0]), [4, 3, 2, 2, 1.5, 0], rtol=1e-6)
-  np.testing.assert_array_equal(np.asarray(server.down_values), [2, 2, 2])
+  np.testing.assert_array_equal(np.asarray(clients.down_values), [2, 2, 2])
 
 
 def test_last_batch_gradient():
