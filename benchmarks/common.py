@@ -152,12 +152,13 @@ def names(text: str) -> list[str]:
 def compile_host_task(backend_, task: cohort.ClientTask, shared, stacked,
                       data: cohort.DeviceData, ids: np.ndarray) -> tuple[dict, Any]:
   """AOT-compiles (and installs) the host-driven pieces a ``HostBackend``
-  runs for padded ``ids`` (``HostBackend.compile_task``).
+  runs for padded ``ids`` (:func:`fedjax_pfl.core.aot.compile_task`).
 
   Returns:
     ``({piece: seconds}, stacked output shapes)``.
   """
-  return backend_.compile_task(task, shared, stacked, data, ids)
+  from fedjax_pfl.core import aot
+  return aot.compile_task(backend_, task, shared, stacked, data, ids)
 
 
 def compile_round(sim, state) -> dict[str, float]:

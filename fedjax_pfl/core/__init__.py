@@ -1,8 +1,9 @@
 """The engine: the algorithm contract, local training, the round, backends, evaluation.
 
 Dependencies point one way inside ``core``: ``local``, ``rng`` -> ``cohort`` ->
-``algorithm`` -> ``rounds``, ``evaluation`` -> ``backend`` -> ``simulation``;
-nothing here imports from the rest of the package.
+``algorithm``, ``execution`` -> ``rounds``, ``evaluation``, ``backend`` ->
+``batching``, ``aot`` -> ``simulation``; nothing here imports from the rest of
+the package.
 """
 
 from fedjax_pfl.core.algorithm import Algorithm, ClientContext, ServerContext

@@ -14,10 +14,7 @@ a cohort's clients execute lives here; the round itself is a pure function
   is sharded over a ``jax.sharding.Mesh`` of every device of every process.
   The accelerator default.
 
-Why both exist: on XLA:CPU, stepping one client at a time from Python measured
-33 ms per batch-32 CNN step, ``lax.scan`` over the same steps 137 ms and a vmap
-over 10 clients 184 ms per client-step (2-core machine, jax 0.10). On
-accelerators one compiled round is the fast path.
+Why both exist: :func:`fedjax_pfl.core.execution.default_execution`.
 
 Every jitted program is cached per backend, keyed by the value of the function
 it compiles (never by ``id()``, which can be reused after an object dies).
@@ -216,14 +213,6 @@ class _Backend:
     return jax.lax.map(one, ids)
 
 
-def _timed_compile(fn, *args):
-  """``(fn.lower(*args).compile(), seconds)``."""
-  import time
-  start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  return compiled, time.perf_counter() - start
-
-
 class HostBackend(_Backend):
   """The host maps the cohort (module docstring); no mesh, no run batching."""
 
@@ -252,35 +241,10 @@ class HostBackend(_Backend):
       self._programs[key] = tuple(jax.jit(f) for f in (pro, step, scan_steps, epi))
     return self._programs[key]
 
-  def compile_task(self, task: ClientTask, shared, stacked_clients, data, ids: np.ndarray):
-    """AOT-compiles the pieces :meth:`map_cohort` runs for padded ``ids`` and
-    installs them (later calls run the executables; nothing compiles again).
-
-    Returns:
-      ``({piece: compile seconds}, shapes of the stacked ``[C]`` outputs)``.
-    """
-    batched = self.execution.parallelism == "vmap"
-    pro, step, scan_steps, epi = self._pieces(task, batched)
-    size = (self.execution.chunk_size or len(ids)) if batched else 1
-    group = ids[:size] if batched else ids[0]
-    secs = {}
-    pro, secs["prologue"] = _timed_compile(pro, shared, stacked_clients, data, group)
-    state = jax.eval_shape(self._pieces(task, batched)[0], shared, stacked_clients, data, group)
-    if self.execution.step_loop == "scan":
-      scan_steps, secs["scan_steps"] = _timed_compile(scan_steps, state, data, group)
-    else:
-      step, secs["step"] = _timed_compile(step, state, np.int32(0), data, group)
-    out = jax.eval_shape(epi, shared, stacked_clients, state, group)
-    epi, secs["epilogue"] = _timed_compile(epi, shared, stacked_clients, state, group)
-    self._programs[(task, batched)] = (pro, step, scan_steps, epi)
-    c = len(ids)
-    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
-        ((c,) + a.shape[1:]) if batched else ((c,) + a.shape), a.dtype), out)
-    return secs, shapes
-
-  def pieces(self, task: ClientTask) -> tuple:
-    """The jitted ``(prologue, step, scan_steps, epilogue)`` of ``task``."""
-    return self._pieces(task, self.execution.parallelism == "vmap")
+  def install_pieces(self, task: ClientTask, pieces: tuple) -> None:
+    """Use ``pieces`` (prologue, step, scan_steps, epilogue; e.g. AOT-compiled
+    executables) for ``task`` from now on."""
+    self._programs[(task, self.execution.parallelism == "vmap")] = tuple(pieces)
 
   def map_cohort(self, task: ClientTask, shared, stacked_clients, data, ids: np.ndarray,
                  counts: np.ndarray) -> PyTree:

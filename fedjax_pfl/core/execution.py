@@ -2,6 +2,11 @@
 
 :class:`Execution` is plain configuration; :func:`fedjax_pfl.core.backend.make_backend`
 turns it into the backend that maps clients.
+
+Why the defaults differ per backend: on XLA:CPU, stepping one client at a time
+from Python measured 33 ms per batch-32 CNN step, ``lax.scan`` over the same
+steps 137 ms and a vmap over 10 clients 184 ms per client-step (2-core machine,
+jax 0.10). On accelerators one compiled round (vmap + scan) is the fast path.
 """
 
 import dataclasses
