@@ -69,7 +69,6 @@ class _Backend:
     self.mesh: Mesh | None = None
     self._programs: dict[Any, Any] = {}
 
-  # -- placement ---------------------------------------------------------------
   def replicated(self):
     """Sharding of server state and pooled data (None without a mesh)."""
     return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
@@ -145,7 +144,6 @@ class _Backend:
     tr, trc, te, tec = self.put(small)
     return ClientMajorData(build(0), build(1), tr, trc, te, tec)
 
-  # -- cohorts -----------------------------------------------------------------
   def padded_size(self, cohort_size: int) -> int:
     """``C'``: ``cohort_size`` rounded up to a multiple of the chunk size and
     device count (vmap), else unchanged."""
@@ -155,10 +153,9 @@ class _Backend:
     return cohort_size + (-cohort_size) % multiple
 
   def pad_cohort(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(padded_ids [C'], valid [C'])``: ``ids`` padded with the id ``N``."""
+    """``(ids [C'], valid [C'])`` padded with the id ``N``."""
     return cohort.pad_ids(ids, self.padded_size(len(ids)), self.num_clients)
 
-  # -- programs ------------------------------------------------------------------
   def jit(self, fn: Callable[..., Any], *, donate: Sequence[int] = (),
           static: Sequence[int] = (), state_outputs: bool = False,
           replicated_output: bool = False):
@@ -304,7 +301,7 @@ class CompiledBackend(_Backend):
   def __init__(self, execution: Execution, num_clients: int):
     super().__init__(execution, num_clients)
     if not execution.fused:
-      raise ValueError("CompiledBackend needs system.parallelism=vmap and system.step_loop=scan")
+      raise ValueError(f"CompiledBackend: {execution}; allowed: vmap + scan")
     n_dev = execution.num_devices or 1
     if n_dev > 1 or jax.process_count() > 1:
       # Every device of every process (jax.devices() is global under jax.distributed).
