@@ -106,4 +106,5 @@ def test_learning_rate_and_batchable_fields_may_be_traced(case):
   out = jax.eval_shape(one_round, state.server, state.clients, sim.data, jax.numpy.int32(0),
                        keys, stacked)
   chex.assert_trees_all_equal_shapes_and_dtypes(out[:2], (state.server, state.clients))
-  jax.eval_shape(sim._eval_batch, state.server, state.clients, sim.data, stacked)
+  jax.eval_shape(sim._eval_batch, state.server, state.clients, sim.data, jax.numpy.int32(0),
+                 stacked)
