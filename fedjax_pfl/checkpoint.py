@@ -11,7 +11,10 @@ checkpoint damaged on disk later is detected when restoring, moved aside to
 ``checkpoints/corrupt-<round>`` and the newest intact one is used.
 """
 
+import contextlib
 import os
+import signal
+import threading
 from typing import Callable, NamedTuple
 
 import jax
@@ -66,9 +69,10 @@ class Checkpointer:
     meta = {"records": records, "totals": totals or {}}
     if fingerprint is not None:
       meta["fingerprint"] = fingerprint
-    self._manager.save(state.round, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), metrics=ocp.args.JsonSave(meta)))
-    self._manager.wait_until_finished()
+    with _deferred_interrupt():
+      self._manager.save(state.round, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), metrics=ocp.args.JsonSave(meta)))
+      self._manager.wait_until_finished()
 
   def latest_round(self) -> int | None:
     return self._manager.latest_step()
@@ -135,7 +139,27 @@ class Checkpointer:
     self._manager = self._new_manager()
 
   def close(self) -> None:
-    self._manager.close()
+    with _deferred_interrupt():
+      self._manager.wait_until_finished()
+      self._manager.close()
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+  """Holds back Ctrl-C (SIGINT) while a checkpoint is written and raises it
+  afterwards: an interrupted orbax write leaves a half-written checkpoint and
+  background threads that fail at interpreter exit. Main thread only."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if received:
+    raise KeyboardInterrupt
 
 
 def _reason(e: Exception) -> str:

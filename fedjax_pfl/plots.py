@@ -147,8 +147,9 @@ def find_runs(paths: Sequence[str]) -> list[str]:
   return found
 
 
-# Fields that never change results or only say where things are.
-_IGNORED = ("system.", "data.data_dir")
+# Fields that never change results or only say where things are; ``run.*`` is
+# config.json's record of how a run ran (versions, digests), not a setting.
+_IGNORED = ("system.", "data.data_dir", "run.")
 
 
 def differing_settings(configs: Sequence[dict]) -> list[str]:

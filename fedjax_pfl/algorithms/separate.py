@@ -23,6 +23,7 @@ import jax
 from fedjax_pfl.algorithms._compose import Partition
 from fedjax_pfl.algorithms.fling_fedavg import fling_fedavg
 from fedjax_pfl.algorithms.spec import AlgorithmSpec
+from fedjax_pfl.core import cohort
 from fedjax_pfl.core.algorithm import Algorithm
 
 INITS = ("shared", "per_client")
@@ -64,8 +65,7 @@ def separate(config: SeparateConfig, *, spec, params) -> Algorithm:
     if key is None:
       raise ValueError("separate: init='per_client' needs key= (the algorithm_init stream)")
     server, clients = alg.init(params, num_clients, key=key)
-    ids = jax.numpy.arange(num_clients)
-    models = jax.vmap(lambda i: model_init(jax.random.fold_in(key, i)))(ids)  # over clients
+    models = cohort.per_client(lambda i: model_init(jax.random.fold_in(key, i)), num_clients)
     models = jax.tree.map(lambda m, t: m.astype(t.dtype), models, clients.trained)
     return server, clients._replace(trained=models)
 

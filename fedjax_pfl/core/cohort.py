@@ -81,6 +81,12 @@ def stack_clients(tree: PyTree, num_clients: int) -> PyTree:
   return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_clients,) + jnp.shape(a)), tree)
 
 
+def per_client(fn: Callable[[jax.Array], PyTree], num_clients: int) -> PyTree:
+  """Stacked ``[N, ...]`` outputs of ``fn(i)`` (``i``: ``[]`` int32 client id)
+  for every client, one vmapped call (e.g. per-client initial models)."""
+  return jax.vmap(fn)(jnp.arange(num_clients, dtype=jnp.int32))
+
+
 def gather(stacked: PyTree, ids) -> PyTree:
   """Rows ``ids`` (scalar or ``[C]``) of a stacked pytree; out-of-range ids clip."""
   return jax.tree.map(lambda a: jnp.take(a, ids, axis=0, mode="clip"), stacked)
