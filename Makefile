@@ -15,9 +15,12 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # The main job: FedOBP vs FedAvg vs Local-Only on the embedded digits dataset.
+# A demo that is recomputed from scratch on every call: --overwrite replaces the
+# previous `make run` results in runs/digits-compare (runs elsewhere are refused).
 run: $(STAMP)
 	$(BIN)/fedjax-pfl compare --algorithms fedobp,fedavg,local --dataset digits --clients 20 \
-	  --alpha 0.1 --participation 0.25 --rounds 60 --eval-every 10 --workdir runs/digits-compare
+	  --alpha 0.1 --participation 0.25 --rounds 60 --eval-every 10 --workdir runs/digits-compare \
+	  --overwrite
 
 # Two pytest-xdist workers (the suite is compile-bound; CI has 2 cores) sharing
 # one XLA compilation cache for the run.
