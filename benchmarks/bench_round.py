@@ -100,8 +100,7 @@ def bench_algorithm(args, algorithm: str, data: FederatedData) -> dict:
   for _ in range(args.rounds):
     ids = sim.cohort(state.round)
     cohorts.append(ids.tolist())
-    steps.append(int(sum(len(sim.algorithm.local_train.active_steps([n]))
-                         for n in sim.train_counts[ids])))
+    steps.append(common.cohort_steps(sim, ids))
     t0 = time.perf_counter()
     state, metrics = sim.run_round(state)
     common.block(state)

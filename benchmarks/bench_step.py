@@ -185,8 +185,7 @@ def bench_w_round(args) -> dict:
   times, steps = [], []
   for _ in range(args.w_rounds):
     ids = sim.cohort(state.round)
-    steps.append(int(sum(len(sim.algorithm.local_train.active_steps([n]))
-                         for n in sim.train_counts[ids])))
+    steps.append(common.cohort_steps(sim, ids))
     t0 = time.perf_counter()
     state, metrics = sim.run_round(state)
     common.block(state)

@@ -161,6 +161,13 @@ def compile_host_task(backend_, task: cohort.ClientTask, shared, stacked,
   return aot.compile_task(backend_, task, shared, stacked, data, ids)
 
 
+def cohort_steps(sim, ids) -> int:
+  """Useful client steps of cohort ``ids``: the local steps each client
+  actually trains (its ``active_steps``), summed over the cohort."""
+  return int(sum(len(sim.algorithm.local_train.active_steps([n]))
+                 for n in sim.train_counts[ids]))
+
+
 def compile_round(sim, state) -> dict[str, float]:
   """AOT-compiles and installs the programs ``Simulation.run_round(state)``
   runs (``Simulation.compile_round``); later rounds compile nothing.
