@@ -80,7 +80,7 @@ def resolved_choices(config: config_lib.ExperimentConfig, sim: Simulation,
   """What ran for each ``auto`` choice: execution, round loop, model, conv, data source."""
   from fedjax_pfl.data.sources import resolve_source
   from fedjax_pfl.models.conv import resolve_conv
-  ex = resolve_execution(config.system)
+  ex = sim.backend.execution  # the execution the simulation was built with (auto resolved)
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes, config.model.conv)
   compiled = sim.backend.fused and config.system.round_loop != "host"
   return {"parallelism": ex.parallelism, "step_loop": ex.step_loop,
