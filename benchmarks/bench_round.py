@@ -26,6 +26,7 @@ Usage::
   python -m benchmarks.bench_round --smoke         # 6 tiny clients, MLP, seconds
 """
 
+import dataclasses
 import os
 import time
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from benchmarks import common
 from fedjax_pfl import config as config_lib
-from fedjax_pfl import experiment
+from fedjax_pfl import experiment, protocols
 from fedjax_pfl.data import FederatedData, pad_indices
 from fedjax_pfl.data import partition as partition_lib
 from fedjax_pfl.data.sources import DEFAULT_IDX_DIRS
@@ -59,7 +60,11 @@ def synthetic_like_fmnist(num_clients: int, alpha: float, seed: int, total: int 
 
 
 def load_workload(args) -> tuple[FederatedData, str]:
-  """The federated data of the run and where it came from."""
+  """The federated data of the run and where it came from (``--protocol
+  flbench``: FL-bench's own partition of the real Fashion-MNIST)."""
+  if getattr(args, "protocol", None) and not args.smoke:
+    cfg = make_config(args, "fedavg").data
+    return experiment.load_data(cfg), f"fashion_mnist idx ({cfg.data_dir}), {cfg.partition}"
   if args.smoke:
     rng = np.random.default_rng(0)
     sizes = [int(s) for s in rng.integers(8, 40, args.clients)]
@@ -74,14 +79,28 @@ def load_workload(args) -> tuple[FederatedData, str]:
 
 
 def make_config(args, algorithm: str) -> config_lib.ExperimentConfig:
-  return config_lib.ExperimentConfig(
+  """W's config; ``args.protocol`` (``flbench``): FL-bench's partition, client
+  stream and normalization (:mod:`fedjax_pfl.protocols`), so the cohorts are
+  FL-bench's own rounds' clients."""
+  cfg = config_lib.ExperimentConfig(
       algorithm=algorithm,
       model=config_lib.ModelConfig(name=args.model, conv=args.conv),
       train=config_lib.TrainConfig(rounds=args.rounds, participation=args.participation,
                                    local_epochs=args.epochs, batch_size=32, lr=0.01,
                                    momentum=args.momentum, seed=0),
       system=config_lib.SystemConfig(parallelism=args.parallelism, step_loop=args.step_loop,
-                                     chunk_size=args.chunk_size))
+                                     chunk_size=args.chunk_size,
+                                     lanes=getattr(args, "lanes", None)))
+  if getattr(args, "protocol", None):
+    cfg = protocols.apply_protocol(cfg, args.protocol)
+    data_dir = args.data_dir or DEFAULT_IDX_DIRS["fashion_mnist"]
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, dataset="fashion_mnist", data_dir=data_dir, source="idx",
+        num_clients=args.clients, alpha=args.alpha, seed=args.data_seed))
+    # FL-bench's common.seed = 42 seeds its stream; the stream covers every round run.
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, rounds=3 * args.rounds + 2, seed=args.data_seed))
+  return cfg
 
 
 def bench_algorithm(args, algorithm: str, data: FederatedData) -> dict:
@@ -96,7 +115,7 @@ def bench_algorithm(args, algorithm: str, data: FederatedData) -> dict:
   common.block(state)
   first = time.perf_counter() - t0
   common.log(f"{algorithm}: first round {first:.2f} s")
-  times, cohorts, steps = [], [], []
+  times, cohorts, steps, lane_util = [], [], [], []
   for _ in range(args.rounds):
     ids = sim.cohort(state.round)
     cohorts.append(ids.tolist())
@@ -105,7 +124,10 @@ def bench_algorithm(args, algorithm: str, data: FederatedData) -> dict:
     state, metrics = sim.run_round(state)
     common.block(state)
     times.append(time.perf_counter() - t0)
-    common.log(f"{algorithm}: round {len(times)}/{args.rounds} {times[-1]:.2f} s")
+    lane_util.append(metrics.get("lane_utilization")
+                     or steps[-1] / common.lane_steps(sim, sim.backend.pad_cohort(ids)[0]))
+    common.log(f"{algorithm}: round {len(times)}/{args.rounds} {times[-1]:.2f} s, "
+               f"{steps[-1]} client steps, lane utilization {lane_util[-1]:.3f}")
   ex = sim.backend.execution
   multi = None
   if sim.backend.fused:  # all R rounds as ONE program (Simulation.run_rounds)
@@ -122,7 +144,9 @@ def bench_algorithm(args, algorithm: str, data: FederatedData) -> dict:
     common.log(f"{algorithm}: {args.rounds} rounds in one program: "
                f"{multi['ms_per_round']:.1f} ms/round (first call {first_call:.2f} s)")
   return {"algorithm": algorithm, "multi_round": multi, "parallelism": ex.parallelism, "step_loop": ex.step_loop,
-          "chunk_size": ex.chunk_size, "num_devices": ex.num_devices,
+          "chunk_size": ex.chunk_size, "num_devices": ex.num_devices, "lanes": ex.lanes,
+          "lane_utilization": lane_util,
+          "ms_per_client_step": [1e3 * t / max(n, 1) for t, n in zip(times, steps)],
           "compile_s": {k: round(v, 3) for k, v in compile_s.items()},
           "first_round_s": round(first, 4),
           "median_ms_per_round": 1e3 * float(np.median(times)),
@@ -196,8 +220,14 @@ def main(argv=None) -> dict:
   p.add_argument("--parallelism", default="auto", choices=["auto", "vmap", "sequential"])
   p.add_argument("--step-loop", default="auto", choices=["auto", "scan", "python"])
   p.add_argument("--chunk-size", type=int, default=None)
-  p.add_argument("--model", choices=["cnn", "mlp"], default=None,
-                 help="default cnn (FedAvgCNN); --smoke uses mlp (fast compiles)")
+  p.add_argument("--lanes", type=int, default=None,
+                 help="system.lanes: pack the cohort onto this many lanes (vmap + scan)")
+  p.add_argument("--protocol", default=None, choices=["flbench"],
+                 help="FL-bench's partition and client stream: the cohorts of FL-bench's "
+                 "own rounds (for a side-by-side run with FL-bench)")
+  p.add_argument("--model", choices=["cnn", "mlp", "resnet8"], default=None,
+                 help="default cnn (FedAvgCNN); --smoke uses mlp (fast compiles); resnet8: "
+                 "the FedPURIN configs' model")
   p.add_argument("--conv", default="auto", choices=["auto", "xla", "im2col"],
                  help="model.conv: convolution implementation (auto: im2col on CPU)")
   p.add_argument("--torch", action="store_true", help="also time a sequential PyTorch loop")
@@ -218,6 +248,7 @@ def main(argv=None) -> dict:
                          "conv": args.conv,
                          "rounds": args.rounds, "parallelism": args.parallelism,
                          "step_loop": args.step_loop, "chunk_size": args.chunk_size,
+                         "lanes": args.lanes, "protocol": args.protocol,
                          "train_sizes": {"min": int(data.train_counts.min()),
                                          "median": float(np.median(data.train_counts)),
                                          "max": int(data.train_counts.max()),

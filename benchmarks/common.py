@@ -168,6 +168,24 @@ def cohort_steps(sim, ids) -> int:
                  for n in sim.train_counts[ids]))
 
 
+def lane_steps(sim, ids) -> int:
+  """Lane steps the unpacked executions run for padded cohort ``ids``: one
+  per useful step for sequential clients; ``chunk x`` the chunk's active
+  steps (vmap + Python); ``C' x num_steps`` (vmap + scan: every client runs
+  the static step count). Packed cohorts report their own count
+  (``lane_utilization`` in the round metrics)."""
+  ex = sim.backend.execution
+  counts = sim.train_counts[np.minimum(ids, sim.num_clients - 1)]
+  active = sim.algorithm.local_train.active_steps
+  if ex.parallelism == "sequential":  # Python-stepped or one loop over its active steps
+    return sum(len(active([n])) for n in counts)
+  if ex.step_loop == "scan":
+    return len(ids) * sim.task.num_steps
+  size = ex.chunk_size or len(ids)
+  return sum(len(counts[i:i + size]) * len(active(counts[i:i + size]))
+             for i in range(0, len(ids), size))
+
+
 def compile_round(sim, state) -> dict[str, float]:
   """AOT-compiles and installs the programs ``Simulation.run_round(state)``
   runs (``Simulation.compile_round``); later rounds compile nothing.

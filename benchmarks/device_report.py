@@ -19,7 +19,12 @@ report goes on; sections past ``--budget-s`` are recorded as skipped):
 4. ``scale``: FedOBP with N = 10,000 clients (one FedAvgCNN per client, 32
    train examples each, 10 per round): round time, state bytes and peak
    memory (device ``memory_stats`` where available, else host RSS);
-5. ``flbench``: 100 rounds of FedOBP and FedAvg on Fashion-MNIST under the
+5. ``lanes``: W (FedAvg) as vmap + scan, every client padded to the
+   cohort's longest against the cohort packed onto ``L`` lanes
+   (``system.lanes``, :mod:`fedjax_pfl.core.lanes`): compile + first call and
+   steady ms/round of the multi-round loop, lane utilization (useful client
+   steps / lane steps executed) and the train loss (the same for every row);
+6. ``flbench``: 100 rounds of FedOBP and FedAvg on Fashion-MNIST under the
    FedOBP/FL-bench protocol (W, evaluation of every client at the end):
    wall time, ms/round and accuracy.
 
@@ -57,17 +62,17 @@ from fedjax_pfl.models import get_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEDOBP_QUANTILE_FMNIST_A01 = 0.99993  # experiments/configs/_common.py FEDOBP_Q
-SECTIONS = ("w", "throughput", "seeds", "scale", "flbench")
+SECTIONS = ("w", "throughput", "seeds", "scale", "lanes", "flbench")
 
 
 def _sizes(smoke: bool) -> dict[str, Any]:
   """Workload sizes: the full report, or tiny ones for CPU CI."""
   if smoke:
     return dict(model="mlp", clients=6, participation=0.34, epochs=1, rounds=2, cohorts=(2,),
-                tp_steps=1, seeds=2, scale_n=50, flbench_rounds=2)
+                tp_steps=1, seeds=2, scale_n=50, flbench_rounds=2, lanes=(None, 1))
   return dict(model="cnn", clients=100, participation=0.1, epochs=5, rounds=10,
               cohorts=(10, 100), tp_steps=4, seeds=4, scale_n=10_000,
-              flbench_rounds=100)
+              flbench_rounds=100, lanes=(None, 2, 4, 10))
 
 
 def find_fmnist(data_dir: str | None) -> str | None:
@@ -109,7 +114,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 def _execution(sim) -> dict:
   ex = sim.backend.execution
   return {"parallelism": ex.parallelism, "step_loop": ex.step_loop, "chunk_size": ex.chunk_size,
-          "num_devices": ex.num_devices, "fused": sim.backend.fused}
+          "num_devices": ex.num_devices, "lanes": ex.lanes, "fused": sim.backend.fused}
 
 
 def _ex_text(ex: dict) -> str:
@@ -118,6 +123,8 @@ def _ex_text(ex: dict) -> str:
   text += " (fused round program)" if ex["fused"] else " (host-driven)"
   if ex.get("chunk_size"):
     text += f", chunk {ex['chunk_size']}"
+  if ex.get("lanes"):
+    text += f", {ex['lanes']} lanes"
   return text + f", {ex.get('num_devices') or 1} device(s)"
 
 
@@ -226,6 +233,28 @@ def section_scale(args, sz, shape) -> dict:
           "ms_per_round_min": 1e3 * min(times), **_peak_memory()}
 
 
+def section_lanes(args, sz, data, source) -> dict:
+  rows = []
+  for lanes in sz["lanes"]:
+    system = C.SystemConfig(parallelism="vmap", step_loop="scan", lanes=lanes)
+    sim, params0 = experiment.build_simulation(w_config("fedavg", sz, sz["rounds"], system),
+                                               data)
+    state = common.block(sim.init(params0))
+    (state, _), first = _timed(lambda: sim.run_rounds(state, sz["rounds"]))
+    (state, records), steady = _timed(lambda: sim.run_rounds(state, sz["rounds"]))
+    if lanes:
+      util = statistics.mean(r["lane_utilization"] for r in records)
+    else:  # every client runs the program's static step count
+      cohorts = [sim.cohort(r) for r in range(state.round - sz["rounds"], state.round)]
+      util = (sum(common.cohort_steps(sim, ids) for ids in cohorts)
+              / sum(common.lane_steps(sim, sim.backend.pad_cohort(ids)[0]) for ids in cohorts))
+    rows.append({"lanes": lanes, "execution": _execution(sim), "rounds": sz["rounds"],
+                 "compile_and_first_call_s": first,
+                 "ms_per_round": 1e3 * steady / sz["rounds"], "lane_utilization": util,
+                 "train_loss": float(records[-1]["train_loss"])})
+  return {"data": source, "rows": rows}
+
+
 def section_flbench(args, sz, data, source) -> dict:
   rows = []
   for algorithm in ("fedobp", "fedavg"):
@@ -289,6 +318,14 @@ def markdown(report: dict) -> str:
       peak = r.get("device_peak_bytes") or r.get("rss_bytes")
       row(name, "peak memory (GB)", (peak or 0) / 1e9,
           "device peak" if r.get("device_peak_bytes") else "host RSS")
+    elif name == "lanes":
+      for x in r["rows"]:
+        what = (f"packed on {x['lanes']} lane{'s' if x['lanes'] > 1 else ''}" if x["lanes"]
+                else "padded (one lane a client)")
+        row(name, f"W {what}: ms/round", x["ms_per_round"],
+            f"lane utilization {x['lane_utilization']:.3f}; compile + first call "
+            f"{x['compile_and_first_call_s']:.3g} s; train loss {x['train_loss']:.5g}; "
+            f"{_ex_text(x['execution'])}")
     elif name == "flbench":
       for x in r["rows"]:
         row(name, f"{x['algorithm']} {x['rounds']} rounds: accuracy", x["accuracy"],
@@ -327,6 +364,7 @@ def main(argv=None) -> dict:
              "throughput": lambda: section_throughput(args, sz, shape),
              "seeds": lambda: section_seeds(args, sz, data),
              "scale": lambda: section_scale(args, sz, shape),
+             "lanes": lambda: section_lanes(args, sz, data, source),
              "flbench": lambda: section_flbench(args, sz, data, source)}
   sections = {}
   for name in SECTIONS:

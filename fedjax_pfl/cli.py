@@ -32,7 +32,7 @@ _FLAGS = {
     "weight_decay": ("train", "weight_decay", float), "seed": ("train", "seed", int),
     "eval_every": ("train", "eval_every", int), "model": ("model", "name", str),
     "step_loop": ("system", "step_loop", str), "chunk_size": ("system", "chunk_size", int),
-    "num_devices": ("system", "num_devices", int),
+    "num_devices": ("system", "num_devices", int), "lanes": ("system", "lanes", int),
 }
 _FEDOBP_FLAGS = {"quantile": float, "norm": str, "scope": str, "score": str}
 

@@ -114,11 +114,17 @@ class SystemConfig:
   mesh axis with the client state, so each process materializes (and each
   device holds) only the examples of its own clients (every process still
   reads the dataset files to compute the partition).
+
+  ``lanes``: with vmap + scan, pack the cohort's clients onto this many
+  vmapped lanes (a lane that finishes its client takes the next one;
+  :mod:`fedjax_pfl.core.lanes`) instead of padding every client to the
+  longest; ``None``: no packing. Results are the same.
   """
   parallelism: str = "auto"
   step_loop: str = "auto"
   chunk_size: int | None = None
   num_devices: int | None = None
+  lanes: int | None = None
   round_loop: str = "auto"
   data_placement: str = "replicated"
 
@@ -236,6 +242,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
          "None or >= 1")
   _check(s.num_devices is None or s.num_devices >= 1, "system.num_devices", s.num_devices,
          "None or >= 1")
+  _check(s.lanes is None or s.lanes >= 1, "system.lanes", s.lanes, "None or >= 1")
+  _check(s.lanes is None or s.chunk_size is None, "system.lanes", s.lanes,
+         "None when system.chunk_size is set (lanes bound the clients vmapped at once)")
   _check(s.data_placement in ("replicated", "by_client"), "system.data_placement",
          s.data_placement, "replicated, by_client")
   _check(s.round_loop in ("auto", "host", "compiled"), "system.round_loop", s.round_loop,

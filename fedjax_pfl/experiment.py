@@ -45,7 +45,8 @@ def resolve_execution(system: config_lib.SystemConfig) -> backend.Execution:
   if num_devices is None and parallelism == "vmap":
     num_devices = default.num_devices
   return backend.Execution(parallelism=parallelism, step_loop=step_loop,
-                          chunk_size=system.chunk_size, num_devices=num_devices)
+                          chunk_size=system.chunk_size, num_devices=num_devices,
+                          lanes=system.lanes)
 
 
 def load_data(cfg: config_lib.DataConfig):
@@ -84,7 +85,7 @@ def resolved_choices(config: config_lib.ExperimentConfig, sim: Simulation,
   model = get_model(config.model.name, data.x.shape[1:], data.num_classes, config.model.conv)
   compiled = sim.backend.fused and config.system.round_loop != "host"
   return {"parallelism": ex.parallelism, "step_loop": ex.step_loop,
-          "chunk_size": ex.chunk_size, "num_devices": ex.num_devices,
+          "chunk_size": ex.chunk_size, "num_devices": ex.num_devices, "lanes": ex.lanes,
           "round_loop": "compiled" if compiled else "host", "model": model.name,
           "conv": resolve_conv(config.model.conv),
           "source": resolve_source(config.data.dataset, config.data.source,

@@ -51,6 +51,55 @@ def test_round_smoke(capsys):
   assert x["client_steps_per_round"][0] >= 1
 
 
+def test_round_smoke_reports_lane_utilization(capsys):
+  """The padded vmap + scan round runs every client for the static step count;
+  packed on one lane, every lane step is a useful client step."""
+  r = _run(capsys, bench_round.main, ["--smoke", "--algorithms", "fedavg", "--rounds", "2",
+                                      "--parallelism", "vmap", "--step-loop", "scan"])
+  (padded,) = r["results"]
+  r = _run(capsys, bench_round.main, ["--smoke", "--algorithms", "fedavg", "--rounds", "2",
+                                      "--parallelism", "vmap", "--step-loop", "scan",
+                                      "--lanes", "1"])
+  (packed,) = r["results"]
+  assert packed["lanes"] == 1 and packed["lane_utilization"] == pytest.approx([1.0, 1.0])
+  assert all(0.0 < u < 1.0 for u in padded["lane_utilization"])
+  assert packed["client_steps_per_round"] == padded["client_steps_per_round"]
+  assert packed["train_loss"] == pytest.approx(padded["train_loss"], rel=1e-5)
+
+
+def test_flbench_side_by_side_reads_a_fake_flbench(tmp_path):
+  """The FL-bench side's timing wrapper and parsing, against a stand-in with
+  FL-bench's layout (``main.py``, ``src/server/fedavg.py``) and a stub torch."""
+  import argparse
+  import sys
+
+  from benchmarks import flbench_side_by_side
+  (tmp_path / "src" / "server").mkdir(parents=True)
+  (tmp_path / "src" / "__init__.py").write_text("")
+  (tmp_path / "src" / "server" / "__init__.py").write_text("")
+  (tmp_path / "torch.py").write_text("def set_num_threads(n):\n  pass\n")
+  (tmp_path / "src" / "server" / "fedavg.py").write_text(
+      "class FedAvgServer:\n"
+      "  def __init__(self, rounds):\n    self.rounds = rounds\n"
+      "  def train_one_round(self):\n"
+      "    self.selected_clients = [self.current_epoch + 3, 1]\n"
+      "  def run(self):\n"
+      "    for self.current_epoch in range(self.rounds):\n      self.train_one_round()\n")
+  (tmp_path / "main.py").write_text(
+      "import sys\nfrom src.server.fedavg import FedAvgServer\n"
+      "n = int([a for a in sys.argv if a.startswith('common.global_epoch=')][0].split('=')[1])\n"
+      "FedAvgServer(n).run()\n")
+  args = argparse.Namespace(flbench=str(tmp_path), flbench_python=sys.executable, threads=1)
+  rows = flbench_side_by_side.run_flbench(args, 3)
+  assert [r["round"] for r in rows] == [0, 1, 2]
+  assert [r["clients"] for r in rows] == [[1, 3], [1, 4], [1, 5]]
+  assert all(r["s"] >= 0 for r in rows)
+  with pytest.raises(RuntimeError, match="FL-bench failed"):
+    flbench_side_by_side.run_flbench(
+        argparse.Namespace(flbench=str(tmp_path / "missing"), flbench_python=sys.executable,
+                           threads=1), 2)
+
+
 def test_seeds_smoke(capsys):
   r = _run(capsys, bench_seeds.main, ["--smoke", "--seeds", "2", "--repeats", "1"])
   assert r["one_run"]["median_s"] > 0 and r["one_run"]["compile_s"] > 0

@@ -46,6 +46,13 @@ def test_numbers_are_consistent(report):
   sc = s["scale"]
   # FedOBP keeps one float32 model per client: the stacked state is N x P x 4 bytes.
   assert sc["N"] == 50 and sc["C"] == 10 and sc["state_bytes"] == 50 * sc["params"] * 4
+  padded, one_lane = s["lanes"]["rows"]
+  # One lane steps one client at a time: every lane step is useful. Padding
+  # every client to the static step count wastes some; the results agree.
+  assert padded["lanes"] is None and one_lane["lanes"] == 1
+  assert one_lane["lane_utilization"] == pytest.approx(1.0)
+  assert 0.0 < padded["lane_utilization"] < 1.0
+  assert one_lane["train_loss"] == pytest.approx(padded["train_loss"], rel=1e-5)
   assert [r["algorithm"] for r in s["flbench"]["rows"]] == ["fedobp", "fedavg"]
   for r in s["flbench"]["rows"]:
     assert 0.0 <= r["accuracy"] <= 1.0 and r["rounds"] == 2
@@ -59,8 +66,9 @@ def test_markdown_table(report):
   table = [ln for ln in lines if ln.startswith("| ")]
   assert table[0] == "| section | metric | value | conditions |"
   body = table[1:]
-  # w: 4 rows; throughput: 1 (C = 2); seeds: 1; scale: 2; flbench: 2.
+  # w: 4 rows; throughput: 1 (C = 2); seeds: 1; scale: 2; lanes: 2; flbench: 2.
   assert [r.split(" | ")[0][2:] for r in body] == (
-      ["w"] * 4 + ["throughput", "seeds"] + ["scale"] * 2 + ["flbench"] * 2)
+      ["w"] * 4 + ["throughput", "seeds"] + ["scale"] * 2 + ["lanes"] * 2 + ["flbench"] * 2)
+  assert "W packed on 1 lane: ms/round" in md and "W padded (one lane a client)" in md
   assert all(ln.count("|") == 5 for ln in body)
   assert "C = 2: clients / centralized samples/s" in md and "N = 50: ms/round" in md

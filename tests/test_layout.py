@@ -6,7 +6,7 @@ import sys
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "fedjax_pfl"
 CORE = PACKAGE / "core"
-CLIENT_AXIS_MODULES = (CORE / "cohort.py", CORE / "backend.py")
+CLIENT_AXIS_MODULES = (CORE / "cohort.py", CORE / "backend.py", CORE / "lanes.py")
 MARKER = re.compile(r"#\s*vmap over (?!clients)\S.*not clients")
 
 
@@ -24,12 +24,12 @@ def _code_lines(skip=CLIENT_AXIS_MODULES):
 
 
 def test_client_axis_only_in_cohort_and_backend():
-  """Any vmap outside core/cohort.py and core/backend.py must say which
+  """Any vmap outside core/cohort.py, core/backend.py and core/lanes.py must say which
   (non-client) axis it maps."""
   offenders = [f"{p.relative_to(PACKAGE.parent)}:{n}: {line.strip()}"
                for p, n, line in _code_lines()
                if "vmap(" in line.split("#")[0] and not MARKER.search(line)]
-  assert not offenders, "vmap outside core/cohort.py, core/backend.py:\n" + "\n".join(offenders)
+  assert not offenders, "vmap over clients outside those modules:\n" + "\n".join(offenders)
 
 
 def test_mesh_and_sharding_only_in_backend():

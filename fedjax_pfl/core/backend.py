@@ -5,19 +5,19 @@ a cohort's clients execute lives here; the round itself is a pure function
 (:mod:`fedjax_pfl.core.rounds`) that a backend is handed:
 
 * :class:`HostBackend`: the host drives the cohort, one client (or one vmapped
-  chunk) at a time, its local steps either stepped from Python (steps that are
-  no-ops for every client of a chunk are skipped) or inside one ``lax.scan``;
-  the aggregation is one jitted program. The measured CPU default.
-* :class:`CompiledBackend`: ``jax.vmap`` (optionally chunked through
-  ``jax.lax.map``) + ``lax.scan``: a whole round is one traced program, many
-  rounds one ``lax.scan``, several runs one ``vmap`` over runs; the cohort axis
-  is sharded over a ``jax.sharding.Mesh`` of every device of every process.
-  The accelerator default.
+  chunk) at a time, its local steps stepped from Python (steps that are no-ops
+  for every client of a chunk are skipped) or in one compiled loop (one
+  client: its active steps only); the aggregation is one jitted program. The
+  measured CPU default.
+* :class:`CompiledBackend`: ``jax.vmap`` (chunked through ``jax.lax.map``, or
+  packed onto lanes, :mod:`fedjax_pfl.core.lanes`) + ``lax.scan``: a round is
+  one traced program, many rounds one ``lax.scan``, several runs one ``vmap``
+  over runs; the cohort axis is sharded over a ``jax.sharding.Mesh`` of every
+  device of every process. The accelerator default.
 
-Why both exist: :func:`fedjax_pfl.core.execution.default_execution`.
-
-Every jitted program is cached per backend, keyed by the value of the function
-it compiles (never by ``id()``, which can be reused after an object dies).
+Why both exist: :func:`fedjax_pfl.core.execution.default_execution`. Programs
+are cached per backend by the value of the function they compile (never by
+``id()``, which can be reused after an object dies).
 """
 
 from typing import Any, Callable, Sequence
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fedjax_pfl.core import cohort
+from fedjax_pfl.core import cohort, lanes
 from fedjax_pfl.core.cohort import (
   CLIENT_AXIS,
   ClientMajorData,
@@ -175,13 +175,12 @@ class _Backend:
     return self._programs[key]
 
   def install(self, fn: Callable[..., Any], executable, **options) -> None:
-    """Makes :meth:`jit` of ``(fn, options)`` return ``executable`` (an
-    AOT-compiled ``jit(fn).lower(...).compile()``; ``fn`` without static
-    arguments)."""
+    """Makes :meth:`jit` of ``(fn, options)`` return ``executable`` (an AOT-compiled
+    ``jit(fn).lower(...).compile()``; ``fn`` without static arguments)."""
     self.jit(fn, **options)
-    key = (fn, tuple(options.get("donate", ())), tuple(options.get("static", ())),
-           options.get("state_outputs", False), options.get("replicated_output", False))
-    self._programs[key] = executable
+    self._programs[(fn, tuple(options.get("donate", ())), tuple(options.get("static", ())),
+                    options.get("state_outputs", False),
+                    options.get("replicated_output", False))] = executable
 
   def cache_sizes(self) -> dict[str, int]:
     """``{program name: number of compiled variants}`` of every jitted program
@@ -229,6 +228,9 @@ class HostBackend(_Backend):
       def scan_steps(state, data, ids):
         cdata = client_data(data, ids)
         f = lift(task.step, (0, None, data_axes(data)))
+        if not batched and task.schedule is not None:  # one client: its active steps only
+          total, step_of = task.schedule(cdata.count)
+          return jax.lax.fori_loop(0, total, lambda k, s: f(s, step_of(k), cdata), state)
         return jax.lax.scan(lambda s, t: (f(s, t, cdata), None), state,
                             jnp.arange(task.num_steps))[0]
 
@@ -246,9 +248,7 @@ class HostBackend(_Backend):
   def map_cohort(self, task: ClientTask, shared, stacked_clients, data, ids: np.ndarray,
                  counts: np.ndarray) -> PyTree:
     """Runs ``task`` for padded cohort ``ids [C]`` from the host; outputs ``[C]``.
-
-    ``counts`` are the host-side train counts of ``ids`` (for step skipping).
-    """
+    ``counts``: the host-side train counts of ``ids`` (for step skipping)."""
     batched = self.execution.parallelism == "vmap"
     pro, step, scan_steps, epi = self._pieces(task, batched)
     size = (self.execution.chunk_size or len(ids)) if batched else 1
@@ -293,8 +293,7 @@ class HostBackend(_Backend):
 
 
 class CompiledBackend(_Backend):
-  """vmap + scan: rounds, round loops and batched runs as traced programs,
-  the cohort sharded over a device mesh (module docstring)."""
+  """vmap + scan: rounds, round loops and batched runs as traced programs (module docstring)."""
 
   fused = True
 
@@ -313,7 +312,8 @@ class CompiledBackend(_Backend):
     return self.mesh is None and self.execution.supports_run_batching
 
   def map_cohort(self, task: ClientTask, shared, stacked_clients, data, ids: jax.Array) -> PyTree:
-    """Runs ``task`` for cohort ``ids [C]`` inside a trace; outputs stacked ``[C]``."""
+    """Runs ``task`` for cohort ``ids [C]`` in a trace (``execution.lanes``:
+    :func:`fedjax_pfl.core.lanes.packed_map`); outputs stacked ``[C]``."""
     def one(cid):
       client = gather(stacked_clients, cid)
       cdata = client_data(data, cid)
@@ -324,6 +324,8 @@ class CompiledBackend(_Backend):
     if self.mesh is not None:
       ids = jax.lax.with_sharding_constraint(ids, NamedSharding(self.mesh,
                                                                 PartitionSpec(CLIENT_AXIS)))
+    if self.execution.lanes:
+      return lanes.packed_map(task, shared, stacked_clients, data, ids, self.execution.lanes)
     if self.execution.chunk_size:
       return jax.lax.map(one, ids, batch_size=self.execution.chunk_size)
     return jax.vmap(one)(ids)

@@ -26,12 +26,21 @@ class ClientTask(NamedTuple):
   ``step(state, t, data) -> state``; ``epilogue(shared, client, state) -> out``.
   ``shared`` is replicated (server state, round key); ``client`` is this
   client's slice of the stacked client state.
+
+  ``active_steps(counts)``: host-side step indices at which any of the
+  clients with train counts ``counts`` trains; ``schedule(count)``: the
+  traced, one-client version (:meth:`~fedjax_pfl.core.local.LocalProgram.step_schedule`;
+  ``None``: every step); ``annotate(out, stats)``: adds a packed schedule's
+  per-client statistics (:mod:`fedjax_pfl.core.lanes`) to an output (``None``:
+  the output is returned as is).
   """
   prologue: Callable[..., Any]
   step: Callable[..., Any]
   epilogue: Callable[..., Any]
   num_steps: int
   active_steps: Callable[[np.ndarray], Sequence[int]]
+  schedule: Callable[..., Any] | None = None
+  annotate: Callable[..., Any] | None = None
 
 
 class DeviceData(NamedTuple):

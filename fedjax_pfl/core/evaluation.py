@@ -94,7 +94,7 @@ def finetune_task(alg: Algorithm, program: LocalProgram) -> cohort.ClientTask:
   def epilogue(shared, client, state):
     return program.finish(state)[0]
   return cohort.ClientTask(prologue, program.step, epilogue, program.num_steps,
-                           program.active_steps)
+                           program.active_steps, program.step_schedule)
 
 
 def own_params(shared: Any, client):

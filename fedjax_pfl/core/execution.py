@@ -3,10 +3,15 @@
 :class:`Execution` is plain configuration; :func:`fedjax_pfl.core.backend.make_backend`
 turns it into the backend that maps clients.
 
-Why the defaults differ per backend: on XLA:CPU, stepping one client at a time
-from Python measured 33 ms per batch-32 CNN step, ``lax.scan`` over the same
-steps 137 ms and a vmap over 10 clients 184 ms per client-step (2-core machine,
-jax 0.10). On accelerators one compiled round (vmap + scan) is the fast path.
+Why the defaults differ per backend: on XLA:CPU one client at a time is the
+fastest (a vmap over clients runs batched GEMMs far below the plain GEMM rate:
+FedAvgCNN 15.9 ms per client step as a 2-lane vmap against 5.8 ms alone, 2-core
+machine, jax 0.10.2), and each client's active steps inside one compiled loop
+(``step_loop="scan"``) match stepping it from Python for FedAvgCNN (workload W,
+same cohorts, alternating rounds: 6.9 vs 7.2 ms per client step) and beat it for
+ResNet-8 (20.6 vs 27.2 ms at batch 32; 44 vs 72 ms at batch 100), so the CPU
+default is sequential + scan (benchmarks/README.md). On accelerators one
+compiled round (vmap + scan) is the fast path.
 """
 
 import dataclasses
@@ -24,17 +29,23 @@ class Execution:
   Attributes:
     parallelism: ``"vmap"`` (clients stacked on a leading axis) or
       ``"sequential"`` (one client at a time, no client axis).
-    step_loop: ``"scan"`` (local steps inside one compiled loop) or
-      ``"python"`` (each step a jitted call; steps that are no-ops for every
-      client of a chunk are skipped).
+    step_loop: ``"scan"`` (local steps inside one compiled loop: one client's
+      active steps, or every step of a vmapped chunk) or ``"python"`` (each
+      step a jitted call; steps that are no-ops for every client of a chunk
+      are skipped).
     chunk_size: with ``vmap``, clients per chunk (``None``: whole cohort).
     num_devices: with ``vmap`` + ``scan``, shard the cohort axis over the first
       ``num_devices`` local devices (``None`` or 1: no sharding).
+    lanes: with ``vmap`` + ``scan``, pack the cohort's clients onto this many
+      vmapped lanes (:mod:`fedjax_pfl.core.lanes`: a lane that finishes its
+      client takes the next one, longest first) instead of padding every
+      client to the cohort's longest; ``None``: no packing. Same results.
   """
   parallelism: str = "sequential"
   step_loop: str = "python"
   chunk_size: int | None = None
   num_devices: int | None = None
+  lanes: int | None = None
 
   @property
   def fused(self) -> bool:
@@ -55,6 +66,17 @@ class Execution:
       raise ValueError(f"system.step_loop={self.step_loop!r}; allowed: {STEP_LOOPS}")
     if self.chunk_size is not None and self.chunk_size < 1:
       raise ValueError(f"system.chunk_size={self.chunk_size}; allowed: >= 1 or None")
+    if self.lanes is not None:
+      if self.lanes < 1:
+        raise ValueError(f"system.lanes={self.lanes}; allowed: >= 1 or None")
+      if not self.fused:
+        raise ValueError(f"system.lanes={self.lanes} with system.parallelism="
+                         f"{self.parallelism!r}, system.step_loop={self.step_loop!r}; allowed: "
+                         "lanes only with vmap + scan")
+      if self.chunk_size is not None:
+        raise ValueError(f"system.lanes={self.lanes} with system.chunk_size="
+                         f"{self.chunk_size}; allowed: one of the two (lanes bound the "
+                         "clients vmapped at once)")
     if self.num_devices is not None:
       have = jax.device_count()
       if not 1 <= self.num_devices <= have:
@@ -66,10 +88,10 @@ class Execution:
 
 
 def default_execution(backend: str | None = None) -> Execution:
-  """Measured default per JAX backend: CPU one client at a time, Python-stepped;
-  accelerators (and any multi-process run) vmap + scan with the cohort sharded
-  over every device of every process."""
+  """Measured default per JAX backend: CPU one client at a time, its active
+  steps in one compiled loop; accelerators (and any multi-process run) vmap +
+  scan with the cohort sharded over every device of every process."""
   backend = backend or jax.default_backend()
   if backend == "cpu" and jax.process_count() == 1:
-    return Execution(parallelism="sequential", step_loop="python")
+    return Execution(parallelism="sequential", step_loop="scan")
   return Execution(parallelism="vmap", step_loop="scan", num_devices=jax.device_count())

@@ -88,6 +88,29 @@ class LocalProgram(NamedTuple):
     epochs = self.num_steps // self.steps_per_epoch
     return [e * self.steps_per_epoch + s for e in range(epochs) for s in range(per_epoch)]
 
+  def step_schedule(self, count: jax.Array):
+    """Traced, one client: the steps :meth:`active_steps` would run for it.
+
+    Args:
+      count: ``[]`` int32, the client's number of train examples.
+
+    Returns:
+      ``(num_active, step_of)``: ``[]`` int32 number of steps at which the
+      client trains, and ``step_of(k)`` mapping the ``k``-th of them
+      (``0 <= k < num_active``, int32, any shape) to its step index ``t``.
+      Programs with a custom ``active_fn`` run every step (``num_active =
+      num_steps``, ``step_of(k) = k``): always correct, since steps without a
+      batch are no-ops.
+    """
+    if self.active_fn is not None:
+      return jnp.int32(self.num_steps), lambda k: k
+    spe, b = self.steps_per_epoch, self.batch_size
+    count = jnp.asarray(count, jnp.int32)
+    per_epoch = jnp.minimum(count // b + (count % b >= MIN_BATCH).astype(jnp.int32), spe)
+    epochs = self.num_steps // spe
+    safe = jnp.maximum(per_epoch, 1)
+    return epochs * per_epoch, lambda k: (k // safe) * spe + k % safe
+
 
 MIN_BATCH = 2  # FL-bench skips batches of one example (BatchNorm needs two)
 

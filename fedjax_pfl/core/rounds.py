@@ -96,7 +96,12 @@ def client_task(alg: Algorithm) -> cohort.ClientTask:
     comm = default_communication(upload, trained)
     return upload, new_client, {**train_metrics, **comm, **metrics}
 
-  return cohort.ClientTask(prologue, step, epilogue, prog.num_steps, prog.active_steps)
+  def annotate(out, stats):
+    upload, new_client, metrics = out
+    return upload, new_client, {**metrics, **stats}
+
+  return cohort.ClientTask(prologue, step, epilogue, prog.num_steps, prog.active_steps,
+                           prog.step_schedule, annotate)
 
 
 def mean_valid(metrics: Metrics, valid: jax.Array) -> Metrics:
