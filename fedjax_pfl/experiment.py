@@ -34,6 +34,7 @@ from fedjax_pfl.core.simulation import Simulation
 from fedjax_pfl.data import flbench_client_stream, load_federated
 from fedjax_pfl.errors import ConfigError, DivergenceError
 from fedjax_pfl.models import get_model
+from fedjax_pfl.models.base import resolve_model_name
 
 
 def resolve_execution(system: config_lib.SystemConfig) -> backend.Execution:
@@ -82,11 +83,11 @@ def resolved_choices(config: config_lib.ExperimentConfig, sim: Simulation,
   from fedjax_pfl.data.sources import resolve_source
   from fedjax_pfl.models.conv import resolve_conv
   ex = sim.backend.execution  # the execution the simulation was built with (auto resolved)
-  model = get_model(config.model.name, data.x.shape[1:], data.num_classes, config.model.conv)
+  model_name = resolve_model_name(config.model.name, data.x.shape[1:])
   compiled = sim.backend.fused and config.system.round_loop != "host"
   return {"parallelism": ex.parallelism, "step_loop": ex.step_loop,
           "chunk_size": ex.chunk_size, "num_devices": ex.num_devices, "lanes": ex.lanes,
-          "round_loop": "compiled" if compiled else "host", "model": model.name,
+          "round_loop": "compiled" if compiled else "host", "model": model_name,
           "conv": resolve_conv(config.model.conv),
           "source": resolve_source(config.data.dataset, config.data.source,
                                    config.data.data_dir)}

@@ -125,6 +125,19 @@ MODELS = {"cnn": _cnn, "mlp": _mlp, "resnet8": _resnet((64, 128, 256), "resnet8"
           "resnet10": _resnet((64, 128, 256, 512), "resnet10")}
 
 
+def resolve_model_name(name: str, input_shape) -> str:
+  """The model ``name="auto"`` stands for: ``mlp`` for inputs smaller than
+  16x16 (digits), ``cnn`` (FedAvgCNN) otherwise; other names unchanged.
+
+  Args:
+    name: ``model.name``.
+    input_shape: ``(H, W, C)`` of one example.
+  """
+  if name == "auto":
+    return "mlp" if min(input_shape[:2]) < 16 else "cnn"
+  return name
+
+
 def get_model(name: str, input_shape, num_classes: int, conv: str = "auto",
               bn_running_var: str = "biased", pool: str = "auto") -> Model:
   """Builds a registered model (``cnn``, ``mlp``, ``resnet8``, ``resnet10``);
@@ -146,8 +159,7 @@ def get_model(name: str, input_shape, num_classes: int, conv: str = "auto",
     raise ValueError(f"model.bn_running_var={bn_running_var!r}; allowed: {list(BN_RUNNING_VARS)}")
   conv = resolve_conv(conv)
   pool = resolve_pool(pool)
-  if name == "auto":
-    name = "mlp" if min(input_shape[:2]) < 16 else "cnn"
+  name = resolve_model_name(name, input_shape)
   if name not in MODELS:
     raise ValueError(f"model.name={name!r}; allowed: {['auto', *sorted(MODELS)]}")
   if name != "mlp" and min(input_shape[:2]) < 16:

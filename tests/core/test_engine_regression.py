@@ -66,19 +66,19 @@ def _run(case: str) -> dict:
   return {"rounds": rounds, "eval": {k: ev[k] for k in ("accuracy", "loss", "client_accuracy")}}
 
 
-def _close(got, want, path):
+def _close(got, want, path, rtol=2e-5, atol=1e-6):
   if isinstance(want, dict):
     assert sorted(got) == sorted(want), f"{path}: keys {sorted(got)} != {sorted(want)}"
     for k in want:
-      _close(got[k], want[k], f"{path}.{k}")
+      _close(got[k], want[k], f"{path}.{k}", rtol, atol)
   elif isinstance(want, list):
     assert len(got) == len(want), path
     for i, (g, w) in enumerate(zip(got, want)):
-      _close(g, w, f"{path}[{i}]")
+      _close(g, w, f"{path}[{i}]", rtol, atol)
   elif want is None:
     assert got is None, path
   else:
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6, err_msg=path)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=path)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -14,7 +14,7 @@ from fedjax_pfl.algorithms.fedobp import FedOBPConfig
 from fedjax_pfl.core import backend, cohort, lanes, local
 from fedjax_pfl.errors import ConfigError
 from tests.algorithms.test_contract import CASES
-from tests.core.test_engine_regression import ROUNDS, _run
+from tests.core.test_engine_regression import ROUNDS, _close, _run
 from tests.helpers import make_sim, run_rounds, tiny_data
 
 SEQ_PY = backend.Execution(parallelism="sequential", step_loop="python")
@@ -211,19 +211,4 @@ def test_every_algorithm_matches_the_recorded_metrics(case, name, monkeypatch):
     for r in range(ROUNDS):
       assert 0.0 < got["rounds"][r].pop("lane_utilization") <= 1.0
       assert got["rounds"][r].pop("client_steps") > 0
-  _close_loose(got, want, case)
-
-
-def _close_loose(got, want, path):
-  """:func:`_close` at the tolerance of batched against sequential kernels."""
-  if isinstance(want, dict):
-    assert sorted(got) == sorted(want), f"{path}: keys {sorted(got)} != {sorted(want)}"
-    for k in want:
-      _close_loose(got[k], want[k], f"{path}.{k}")
-  elif isinstance(want, list):
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
-      _close_loose(g, w, f"{path}[{i}]")
-  elif want is None:
-    assert got is None, path
-  else:
-    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5, err_msg=path)
+  _close(got, want, case, rtol=2e-4, atol=1e-5)  # batched against sequential kernels

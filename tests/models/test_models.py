@@ -68,3 +68,12 @@ def test_batch_statistics_per_client_under_vmap(execution):
   ref, _ = run_rounds(ref_sim, p0, 1)
   got, _ = run_rounds(sim, p0, 1)
   chex.assert_trees_all_close(ref.clients, got.clients, rtol=1e-4, atol=1e-5)
+
+
+def test_resolve_model_name_matches_what_get_model_builds():
+  from fedjax_pfl.models.base import resolve_model_name
+  for shape in ((8, 8, 1), (28, 28, 1), (32, 32, 3)):
+    assert resolve_model_name("auto", shape) == get_model("auto", shape, 10).name
+  assert resolve_model_name("auto", (8, 8, 1)) == "mlp"
+  assert resolve_model_name("auto", (28, 28, 1)) == "cnn"
+  assert resolve_model_name("resnet8", (8, 8, 1)) == "resnet8"  # explicit names unchanged
