@@ -19,16 +19,15 @@ Writes ``async.png`` and ``async.json``.
 """
 
 import argparse
-import json
 import os
 import sys
-import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _figures import finish_axes, run_and_save, save_figure  # noqa: E402
+
 from fedjax_pfl.ffgg import async_ as asy  # noqa: E402
 from fedjax_pfl.ffgg import instances as inst  # noqa: E402
 
@@ -77,16 +76,12 @@ def plot(res: dict, path: str) -> None:
     ax.set(xlabel="gradients received / M (rounds for sync)",
            title=f"targets={targets}: heterogeneous staleness mean {st['mean']:.0f}, max "
                  f"{st['max']}, updates per client {st['updates_min']}-{st['updates_max']}")
-    ax.title.set_fontsize(9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    finish_axes(ax)
   axes[0].set_ylabel("gradient norm of the method's objective")
   fig.suptitle(f"asynchronous FFGG vs asynchronous joint SGD: M={cfg['clients']}, "
                f"d_x={cfg['dim_x']}, d_y={cfg['dim_y']}, n={cfg['rows']}, zeta={cfg['zeta']}, "
                f"delay spread {cfg['spread']:g}x")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
@@ -102,16 +97,9 @@ def main(argv=None) -> dict:
   ap.add_argument("--spread", type=float, default=10.0)
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args(argv)
-  os.makedirs(args.out, exist_ok=True)
-  t0 = time.time()
-  with jax.enable_x64(True):
-    res = {"config": vars(args)}
-    for targets in ("shared", "per_client"):
-      res[targets] = run_instance(args, targets)
-  res["seconds"] = time.time() - t0
-  with open(os.path.join(args.out, "async.json"), "w") as f:
-    json.dump(res, f, indent=1)
-  plot(res, os.path.join(args.out, "async.png"))
+  res = run_and_save(args.out, "async", lambda: {
+      "config": vars(args), **{t: run_instance(args, t) for t in ("shared", "per_client")}},
+      plot)
   for targets in ("shared", "per_client"):
     for name, values in res[targets]["curves"].items():
       print(f"{values[-1]:12.3e}  {targets}: {name}")

@@ -15,16 +15,16 @@ bucketed median. Writes ``byzantine.png`` and ``byzantine.json``.
 """
 
 import argparse
-import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _figures import finish_axes, run_and_save, save_figure  # noqa: E402
+
 from fedjax_pfl.ffgg import byzantine as byz  # noqa: E402
 from fedjax_pfl.ffgg import instances as inst  # noqa: E402
 
@@ -63,12 +63,8 @@ def plot(res: dict, path: str) -> None:
   ax.set(xlabel="round", ylabel=r"$\|\nabla F(x)\|$ (honest clients)",
          title=f"Byzantine FFGG: {cfg['honest']} honest + {cfg['attackers']} flipped-gradient "
                f"attackers, d_x={cfg['dim_x']}, d_y={cfg['dim_y']}, n={cfg['rows']}, exact inner")
-  ax.title.set_fontsize(9)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  finish_axes(ax)
+  save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
@@ -83,14 +79,7 @@ def main(argv=None) -> dict:
   ap.add_argument("--rounds", type=int, default=1000)
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args(argv)
-  os.makedirs(args.out, exist_ok=True)
-  t0 = time.time()
-  with jax.enable_x64(True):
-    res = run_all(args)
-  res["seconds"] = time.time() - t0
-  with open(os.path.join(args.out, "byzantine.json"), "w") as f:
-    json.dump(res, f, indent=1)
-  plot(res, os.path.join(args.out, "byzantine.png"))
+  res = run_and_save(args.out, "byzantine", lambda: run_all(args), plot)
   for name, value in res["final"].items():
     print(f"{value:12.3e}  {name}")
   print(f"{res['seconds']:.0f} s")

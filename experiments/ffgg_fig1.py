@@ -22,16 +22,16 @@ solve as a line. ``fig1_<tag>.json`` holds every number.
 """
 
 import argparse
-import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _figures import run_and_save, save_figure  # noqa: E402
+
 from fedjax_pfl.ffgg import baselines as bl  # noqa: E402
 from fedjax_pfl.ffgg import instances as inst  # noqa: E402
 from fedjax_pfl.ffgg import quadratic as q  # noqa: E402
@@ -107,9 +107,7 @@ def plot(res: dict, path: str) -> None:
   fig.suptitle(f"FFGG Comparison instance: M=8, d_x=100, d_y=50, n=1000, zeta={cfg['zeta']}, "
                f"targets={cfg['targets']}, kappa_F={k['kappa_F']:.0f}, lr_out=1/"
                f"{1 / res['lr_out']:.3g} ({cfg['lr_rule']})")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
@@ -127,14 +125,7 @@ def main(argv=None) -> dict:
   ap.add_argument("--tag", default=None, help="file suffix (default: zeta<zeta>_<targets>)")
   args = ap.parse_args(argv)
   tag = args.tag or f"zeta{args.zeta:g}_{args.targets}"
-  os.makedirs(args.out, exist_ok=True)
-  t0 = time.time()
-  with jax.enable_x64(True):
-    res = run_all(args)
-  res["seconds"] = time.time() - t0
-  with open(os.path.join(args.out, f"fig1_{tag}.json"), "w") as f:
-    json.dump(res, f, indent=1)
-  plot(res, os.path.join(args.out, f"fig1_{tag}.png"))
+  res = run_and_save(args.out, f"fig1_{tag}", lambda: run_all(args), plot)
   for name, values in res["curves"].items():
     print(f"{values[-1]:12.3e}  {name} (tau={args.tau})")
   print(f"{res['seconds']:.0f} s")

@@ -15,16 +15,16 @@ Writes ``heterogeneity.png`` and ``heterogeneity.json``.
 """
 
 import argparse
-import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _figures import finish_axes, run_and_save, save_figure  # noqa: E402
+
 from fedjax_pfl.ffgg import baselines as bl  # noqa: E402
 from fedjax_pfl.ffgg import instances as inst  # noqa: E402
 from fedjax_pfl.ffgg import quadratic as q  # noqa: E402
@@ -75,13 +75,10 @@ def plot(res: dict, path: str) -> None:
                 label="grad F at the joint optimum" if name == "joint optimum" else name)
     ax.set(xlabel="zeta (0 drawn at 1e-2)",
            title=f"targets={targets}: after {cfg['rounds']} rounds, tau={cfg['tau']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    finish_axes(ax, small_title=False)
   axes[0].set_ylabel(r"$\|\nabla F(x^T)\| / \|\nabla F(x^0)\|$")
   fig.suptitle("heterogeneity sweep: M=8, d_x=100, d_y=50, n=1000 (Comparison instance)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
@@ -93,16 +90,9 @@ def main(argv=None) -> dict:
   ap.add_argument("--tau", type=int, default=10)
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args(argv)
-  os.makedirs(args.out, exist_ok=True)
-  t0 = time.time()
-  with jax.enable_x64(True):
-    res = {"config": vars(args)}
-    for targets in ("per_client", "shared"):
-      res[targets] = [one(args, z, targets) for z in args.zetas]
-  res["seconds"] = time.time() - t0
-  with open(os.path.join(args.out, "heterogeneity.json"), "w") as f:
-    json.dump(res, f, indent=1)
-  plot(res, os.path.join(args.out, "heterogeneity.png"))
+  res = run_and_save(args.out, "heterogeneity", lambda: {
+      "config": vars(args),
+      **{t: [one(args, z, t) for z in args.zetas] for t in ("per_client", "shared")}}, plot)
   for targets in ("per_client", "shared"):
     for z, row in zip(args.zetas, res[targets]):
       print(targets, z, {k: f"{v:.2e}" for k, v in row.items()})

@@ -26,7 +26,6 @@ with the mean and with the bucketed median.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -35,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _figures import finish_axes, run_and_save, save_figure  # noqa: E402
+
 from fedjax_pfl.ffgg import quadratic as q  # noqa: E402
 
 
@@ -85,16 +86,13 @@ def plot(result: dict, path: str) -> None:
       ax.semilogy(np.maximum(np.asarray(values), 1e-17), label=name)
     ax.set_xlabel("round")
     ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    finish_axes(ax, small_title=False)
   axes[0].set_ylabel(r"$\|\nabla F(x^k)\|$")
   cfg = result["config"]
   fig.suptitle(f"the project's overpersonalized quadratic (Gaussian, condition "
                f"{cfg['condition']:g}; not the authors' instance): M={cfg['clients']}, "
                f"d_x={cfg['dim_x']}, d_y={cfg['dim_y']}, n={cfg['rows']}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path, dpi=120)
 
 
 def main(argv=None) -> dict:
@@ -114,12 +112,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--float32", action="store_true")
   args = ap.parse_args(argv)
-  os.makedirs(args.out, exist_ok=True)
-  with jax.enable_x64(not args.float32):
-    result = run_all(args)
-  with open(os.path.join(args.out, "ffgg_quadratic.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  plot(result, os.path.join(args.out, "ffgg_quadratic.png"))
+  result = run_and_save(args.out, "ffgg_quadratic", lambda: run_all(args), plot,
+                        x64=not args.float32)
   for name, value in result["final_grad_norm"].items():
     print(f"{value:12.3e}  {name}")
   return result

@@ -32,6 +32,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _figures import save_figure  # noqa: E402
+
 from fedjax_pfl import config as config_lib  # noqa: E402
 from fedjax_pfl import experiment  # noqa: E402
 from fedjax_pfl.algorithms.flexp_sfl import FlexPSFLConfig  # noqa: E402
@@ -139,9 +141,7 @@ def plot(rows: list[dict], path: str) -> None:
   axes[2].set_yticks(y, names, fontsize=8)
   axes[2].set_xlabel("bytes per client-round (split accounting)")
   axes[2].legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def main(argv=None) -> list[dict]:
