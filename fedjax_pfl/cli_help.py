@@ -41,8 +41,8 @@ _TEXT: dict[str, tuple[str, str]] = {
     "chunk_size": ("clients vmapped at once (None: the whole cohort)", "None or >= 1"),
     "num_devices": ("devices of the clients mesh axis (None: all local devices for vmap)",
                     "None or >= 1"),
-    "lanes": ("vmap + scan: pack the cohort's clients onto this many lanes, a lane that "
-              "finishes its client takes the next (None: pad every client to the longest)",
+    "lanes": ("pack the cohort's clients onto this many vmapped lanes, a lane that finishes "
+              "its client takes the next; implies vmap + scan (None: no packing)",
               "None or >= 1"),
     "protocol": ("evaluation protocol of the reference code", "flbench, fling"),
     "quantile": ("FedOBP quantile q: the 1-q share of entries with the highest importance "

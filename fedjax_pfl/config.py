@@ -245,6 +245,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
   _check(s.lanes is None or s.lanes >= 1, "system.lanes", s.lanes, "None or >= 1")
   _check(s.lanes is None or s.chunk_size is None, "system.lanes", s.lanes,
          "None when system.chunk_size is set (lanes bound the clients vmapped at once)")
+  _check(s.lanes is None or (s.parallelism in ("auto", "vmap")
+                             and s.step_loop in ("auto", "scan")), "system.lanes", s.lanes,
+         "None unless system.parallelism and system.step_loop are vmap and scan (or auto)")
   _check(s.data_placement in ("replicated", "by_client"), "system.data_placement",
          s.data_placement, "replicated, by_client")
   _check(s.round_loop in ("auto", "host", "compiled"), "system.round_loop", s.round_loop,

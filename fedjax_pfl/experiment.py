@@ -38,8 +38,12 @@ from fedjax_pfl.models.base import resolve_model_name
 
 
 def resolve_execution(system: config_lib.SystemConfig) -> backend.Execution:
-  """``auto`` fields take the measured per-backend defaults."""
+  """``auto`` fields take the measured per-backend defaults; with
+  ``system.lanes`` set they resolve to vmap + scan (packing needs both)."""
   default = backend.default_execution()
+  if system.lanes is not None:
+    default = backend.Execution(parallelism="vmap", step_loop="scan",
+                                num_devices=default.num_devices)
   parallelism = default.parallelism if system.parallelism == "auto" else system.parallelism
   step_loop = default.step_loop if system.step_loop == "auto" else system.step_loop
   num_devices = system.num_devices

@@ -181,9 +181,19 @@ def test_lanes_validation(kwargs, match):
 
 def test_lanes_config_errors_name_the_field():
   for system in (config_lib.SystemConfig(lanes=0),
-                 config_lib.SystemConfig(lanes=2, chunk_size=4)):
+                 config_lib.SystemConfig(lanes=2, chunk_size=4),
+                 config_lib.SystemConfig(lanes=2, parallelism="sequential"),
+                 config_lib.SystemConfig(lanes=2, step_loop="python")):
     with pytest.raises(ConfigError, match="system.lanes"):
       config_lib.validate(config_lib.ExperimentConfig(system=system))
+
+
+def test_lanes_resolve_auto_to_vmap_and_scan():
+  from fedjax_pfl.experiment import resolve_execution
+  ex = resolve_execution(config_lib.SystemConfig(lanes=3))
+  assert (ex.parallelism, ex.step_loop, ex.lanes) == ("vmap", "scan", 3)
+  ex.validate()
+  assert resolve_execution(config_lib.SystemConfig()).lanes is None
 
 
 OTHER_EXECUTIONS = {
