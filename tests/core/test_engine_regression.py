@@ -1,6 +1,8 @@
 """Every registered algorithm gives the metrics recorded before the engine
-refactor (issue 15): digits, 10 clients, 50% participation, 3 rounds, the CPU
-default execution (sequential clients, Python-stepped), then one evaluation.
+refactor (issue 15): digits, 10 clients, 50% participation, 3 rounds, sequential
+clients stepped from Python (the CPU default until issue 16; the current default,
+sequential + scan, and the cohort packed onto lanes are checked against the same
+values in tests/core/test_lanes.py), then one evaluation.
 
 Regenerate (only when a change is MEANT to alter results, and say why in the
 commit): ``FEDJAX_PFL_RECORD=1 python -m pytest tests/core/test_engine_regression.py``.
