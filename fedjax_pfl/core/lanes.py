@@ -2,8 +2,9 @@
 
 Under plain ``vmap`` + ``scan`` every client of a cohort runs the static
 ``num_steps`` of the local program, i.e. as many steps as the largest client
-slot allows, most of them masked no-ops (workload W: about 780 useful client
-steps per round out of 10 x 465 lane steps, 17% lane utilization). Packing
+slot allows, most of them masked no-ops (workload W on FL-bench's cohorts:
+655-1,030 useful client steps per round out of 10 x 400 lane steps, 16-26% lane
+utilization; benchmarks/README.md). Packing
 (``system.lanes = L``) runs the cohort on ``L`` vmapped lanes inside one
 ``lax.while_loop``:
 
@@ -24,6 +25,10 @@ client lands on. Statistics (:func:`packed_map`'s ``annotate``):
 ``client_steps`` (the client's active steps) and ``lane_utilization``
 (useful client steps / lane steps executed, the same value for every client
 of the cohort).
+
+Under a ``vmap`` over runs (batched seeds or hyperparameters) JAX turns the
+batched ``lax.cond`` into a select, so every iteration then also pays one
+prologue and one epilogue per lane; the results are the same.
 """
 
 from typing import Any
