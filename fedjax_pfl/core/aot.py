@@ -42,6 +42,7 @@ def compile_round(sim, state: SimState) -> dict[str, float]:
   secs["total"] = sum(secs.values())
   return secs
 
+
 def lower_round(sim, state: SimState):
   """The lowered (not yet compiled) program of one round of ``state`` on the
   compiled backend (``.compile()``, ``.cost_analysis()``), for benchmarks.
@@ -69,8 +70,8 @@ def compile_task(backend, task, shared, stacked_clients, data, ids: np.ndarray):
   size = (backend.execution.chunk_size or len(ids)) if batched else 1
   group = ids[:size] if batched else ids[0]
   secs = {}
+  state = jax.eval_shape(pro, shared, stacked_clients, data, group)
   pro, secs["prologue"] = _timed_compile(pro, shared, stacked_clients, data, group)
-  state = jax.eval_shape(backend._pieces(task, batched)[0], shared, stacked_clients, data, group)
   if backend.execution.step_loop == "scan":
     scan_steps, secs["scan_steps"] = _timed_compile(scan_steps, state, data, group)
   else:

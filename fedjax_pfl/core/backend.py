@@ -195,6 +195,12 @@ class _Backend:
         sizes[label] = sizes.get(label, 0) + size
     return sizes
 
+  def check_run_batching(self) -> None:
+    """Raises ValueError unless several runs can be vmapped into one program."""
+    if not self.supports_run_batching:
+      raise ValueError("batching runs (seeds, hyperparameters) needs system.parallelism=vmap, "
+                       "system.step_loop=scan and one device (system.num_devices=1)")
+
   def map_clients(self, fn: Callable[..., Any], shared, stacked_clients, data, ids: jax.Array,
                   *, test: bool = True, with_ids: bool = False) -> PyTree:
     """``fn(shared, client, client_data) -> out`` for every id in ``ids``
@@ -331,15 +337,9 @@ class CompiledBackend(_Backend):
     return jax.vmap(one)(ids)
 
   def vmap_runs(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``jax.vmap`` of ``fn`` over a leading axis of runs (seeds,
-    hyperparameters) of every argument.
-
-    Raises:
-      ValueError: with a device mesh (run batching needs one device).
-    """
-    if not self.supports_run_batching:
-      raise ValueError("batching runs (seeds, hyperparameters) needs system.parallelism=vmap, "
-                       "system.step_loop=scan and one device (system.num_devices=1)")
+    """``jax.vmap`` of ``fn`` over a leading axis of runs (seeds, hyperparameters)
+    of every argument; raises as :meth:`check_run_batching` (e.g. with a mesh)."""
+    self.check_run_batching()
     return jax.vmap(fn)  # vmap over runs, not clients
 
   def evaluate_sums(self, prepare, batch_fn, shared, stacked_clients, data, counts,

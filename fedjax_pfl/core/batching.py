@@ -25,11 +25,6 @@ class RunBatching:
   reads (``algorithm``, ``rebuild``, ``backend``, ``plan``, ``task``, ``data``,
   ``keys``, ``num_clients``, ``test_counts``, ...) are the simulation's."""
 
-  def _check_batching(self) -> None:
-    if not self.backend.supports_run_batching:
-      raise ValueError("batching runs (seeds, hyperparameters) needs system.parallelism=vmap, "
-                       "system.step_loop=scan and one device (system.num_devices=1)")
-
   def _algorithm_for(self, hparams: Mapping[str, Any]) -> Algorithm:
     if not hparams:
       return self.algorithm
@@ -37,6 +32,9 @@ class RunBatching:
       raise ValueError(f"hyperparameters {sorted(hparams)} can only be batched with "
                        "Simulation(rebuild=...)")
     return self.rebuild(dict(hparams))
+
+  def _task_for(self, alg: Algorithm):
+    return self.task if alg is self.algorithm else rounds.client_task(alg)
 
   @staticmethod
   def _stacked_hparams(hparams, num_runs: int) -> dict[str, jax.Array]:
@@ -53,7 +51,7 @@ class RunBatching:
     and, optionally, per-run values of float hyperparameters (``hparams``:
     ``{name: S values}``) and seeds (for the algorithms' init keys; default:
     this simulation's seed for every run)."""
-    self._check_batching()
+    self.backend.check_run_batching()
     hparams = dict(hparams or {})
     self._stacked_hparams(hparams, len(params_per_run))
     init_keys = ([self.algorithm_init_key] * len(params_per_run) if seeds is None else
@@ -67,18 +65,16 @@ class RunBatching:
   def _rounds_batch(self, server, clients, data, first_round, keys, num_rounds: int, hparams):
     def one_run(s, c, k, hp):
       alg = self._algorithm_for(hp)  # built inside the trace from this run's values
-      task = self.task if alg is self.algorithm else rounds.client_task(alg)
-      return rounds.rounds_fn(alg, task, self.backend.map_cohort, self.plan, s, c, data,
-                              first_round, k, num_rounds)
+      return rounds.rounds_fn(alg, self._task_for(alg), self.backend.map_cohort, self.plan, s,
+                              c, data, first_round, k, num_rounds)
     return self.backend.vmap_runs(one_run)(server, clients, keys, hparams)
 
   def _full_round_batch(self, server, clients, data, ids, valid, round_idx, keys, hparams):
     def one_run(s, c, k, hp):
       alg = self._algorithm_for(hp)
-      task = self.task if alg is self.algorithm else rounds.client_task(alg)
       sampled = rounds.sampled_mask(self.plan, k.sample, round_idx, ids, valid)
-      return rounds.round_fn(alg, task, self.backend.map_cohort, s, c, data, ids, valid,
-                             round_idx, k, sampled)
+      return rounds.round_fn(alg, self._task_for(alg), self.backend.map_cohort, s, c, data,
+                             ids, valid, round_idx, k, sampled)
     return self.backend.vmap_runs(one_run)(server, clients, keys, hparams)
 
   def run_rounds_batch(self, state: SimState, seeds: Sequence[int], num_rounds: int,
@@ -98,7 +94,7 @@ class RunBatching:
       ValueError: without vmap + scan on one device, ``num_rounds < 1``,
         ``hparams`` without ``rebuild``, or value lists not of length S.
     """
-    self._check_batching()
+    self.backend.check_run_batching()
     rounds.check_num_rounds(num_rounds)
     stacked_hp = self._stacked_hparams(hparams, len(seeds))
     keys = rounds.RunKeys(*(jnp.stack(k) for k in zip(*(rounds.run_keys(int(s))
@@ -134,7 +130,7 @@ class RunBatching:
                      hparams: Mapping[str, Sequence[float]] | None = None) -> list[Metrics]:
     """:meth:`evaluate` of each run of a stacked ``[S, ...]`` state, in one
     program (``hparams`` as given to :meth:`run_rounds_batch`)."""
-    self._check_batching()
+    self.backend.check_run_batching()
     num_runs = int(jax.tree.leaves((state.server, state.clients))[0].shape[0])
     stacked_hp = self._stacked_hparams(hparams, num_runs)
     sums = np.asarray(self.backend.jit(self._eval_batch)(state.server, state.clients,
