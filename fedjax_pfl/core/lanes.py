@@ -82,22 +82,24 @@ def packed_map(task: ClientTask, shared: Any, stacked_clients: PyTree, data, ids
   axes = data_axes(data)
   per_lane = [i for i, a in enumerate(axes) if a is not None]
 
-  def lane_view(pos):
-    view = client_data(data, ids[jnp.minimum(pos, size - 1)])
-    return tuple(view[i] for i in per_lane)
-
-  def full_view(carried):
+  def full_view(carried):  # the lanes' data views from their carried per-lane fields
     base = list(client_data(data, ids[0]))
     for i, a in zip(per_lane, carried):
       base[i] = a
     return type(axes)(*base)
 
   def start(pos):  # prologue of the clients at cohort positions pos [L]
-    cids = ids[jnp.minimum(pos, size - 1)]
-    view = lane_view(pos)
+    cids = ids[pos]
+    view = client_data(data, cids)
     state = jax.vmap(task.prologue, in_axes=(None, 0, axes, 0))(
-        shared, gather(stacked_clients, cids), full_view(view), cids)
-    return state, view
+        shared, gather(stacked_clients, cids), view, cids)
+    return state, tuple(view[i] for i in per_lane)
+
+  def finished(c):  # busy lanes whose client has taken its last step
+    return c["busy"] & (c["k"] >= c["total"])
+
+  def stepping(c):
+    return c["busy"] & (c["k"] < c["total"])
 
   first = order[:width]
   state, view = start(first)
@@ -110,7 +112,7 @@ def packed_map(task: ClientTask, shared: Any, stacked_clients: PyTree, data, ids
                 out=outputs, iters=jnp.int32(0))
 
   def harvest(c):
-    done = c["busy"] & (c["k"] >= c["total"])
+    done = finished(c)
     vals = finish(shared, gather(stacked_clients, ids[c["pos"]]), c["state"])
     target = jnp.where(done, c["pos"], size)
     out = jax.tree.map(lambda buf, v: buf.at[target].set(v, mode="drop"), c["out"], vals)
@@ -125,17 +127,15 @@ def packed_map(task: ClientTask, shared: Any, stacked_clients: PyTree, data, ids
                 next=c["next"] + jnp.sum(done).astype(jnp.int32))
 
   def step(c):
-    active = c["busy"] & (c["k"] < c["total"])
+    active = stepping(c)
     t = step_of(c["k"], counts[c["pos"]]).astype(jnp.int32)
     new = jax.vmap(task.step, in_axes=(0, 0, axes))(c["state"], t, full_view(c["view"]))
     return dict(c, state=_select(active, new, c["state"]),
                 k=c["k"] + active.astype(jnp.int32), iters=c["iters"] + 1)
 
   def body(c):
-    done = c["busy"] & (c["k"] >= c["total"])
-    c = jax.lax.cond(jnp.any(done), harvest, lambda c: c, c)
-    active = c["busy"] & (c["k"] < c["total"])
-    return jax.lax.cond(jnp.any(active), step, lambda c: c, c)
+    c = jax.lax.cond(jnp.any(finished(c)), harvest, lambda c: c, c)
+    return jax.lax.cond(jnp.any(stepping(c)), step, lambda c: c, c)
 
   final = jax.lax.while_loop(lambda c: jnp.any(c["busy"]), body, carry0)
   if task.annotate is None:
