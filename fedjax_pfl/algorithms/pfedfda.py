@@ -74,6 +74,8 @@ from fedjax_pfl.core.local import LocalInput, LocalSpec
 from fedjax_pfl.models.base import CLASSIFIER_RULES, HEAD, label_params
 from fedjax_pfl.ops.aggregation import weighted_mean
 
+MODES = ("paper", "flbench")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PFedFDAConfig:
@@ -104,9 +106,6 @@ class PFedFDAConfig:
       raise ValueError(f"pfedfda.num_cv_folds={self.num_cv_folds}; allowed: >= 2")
     if self.beta_grid < 2:
       raise ValueError(f"pfedfda.beta_grid={self.beta_grid}; allowed: >= 2")
-
-
-MODES = ("paper", "flbench")
 
 
 class FDAServer(NamedTuple):
@@ -276,14 +275,8 @@ def pfedfda(*, spec: LocalSpec, params, config: PFedFDAConfig) -> Algorithm:
     return {**server.params, HEAD: lda_head(means, cov, client.priors, config.eps)}
 
   def personalize_with_data(server, client, train_data, *, ctx):
-    feats, ys, valid = train_features(spec.apply, server.params, train_data)
-    priors = label_priors(ys, valid, num_classes, config.eps)
-    means, cov = mle_stats(feats, ys, valid, server.means, config.num_cv_folds)
-    beta = client.beta
-    means = jnp.where(client.trained, beta[0] * means + (1 - beta[0]) * server.means,
-                      server.means)
-    cov = jnp.where(client.trained, beta[1] * cov + (1 - beta[1]) * server.cov, server.cov)
-    return {**server.params, HEAD: lda_head(means, cov, priors, config.eps)}
+    return lda_from_train(spec.apply, server, train_data, num_classes, config,
+                          lambda *_: client.beta, mixed=client.trained)
 
   return Algorithm("pfedfda", init, broadcast, local, finalize, aggregate, personalize,
                    personalize_with_data=personalize_with_data)
@@ -296,6 +289,22 @@ def train_features(apply_fn, params, data, chunk: int = 256):
   feats = jax.lax.map(lambda i: _features.features(apply_fn, params, data.x[i][None])[0],
                       data.idx, batch_size=min(chunk, data.idx.shape[0]))
   return feats, data.y[data.idx], valid
+
+
+def lda_from_train(apply_fn, server, train_data, num_classes: int, config, beta_for,
+                   mixed=True):
+  """The evaluated model: the server's body with an LDA head from that body's
+  features of the client's train data: ``mu = b0 mu_local + (1 - b0) mu_g``
+  (Sigma with ``b1``; ``(b0, b1) = beta_for(feats, labels, valid, priors)``)
+  where ``mixed`` (``[]`` bool), else the global ``mu_g, Sigma_g``; priors
+  from the client's train labels."""
+  feats, ys, valid = train_features(apply_fn, server.params, train_data)
+  priors = label_priors(ys, valid, num_classes, config.eps)
+  means, cov = mle_stats(feats, ys, valid, server.means, config.num_cv_folds)
+  beta = beta_for(feats, ys, valid, priors)
+  means = jnp.where(mixed, beta[0] * means + (1 - beta[0]) * server.means, server.means)
+  cov = jnp.where(mixed, beta[1] * cov + (1 - beta[1]) * server.cov, server.cov)
+  return {**server.params, HEAD: lda_head(means, cov, priors, config.eps)}
 
 
 def pfedfda_flbench(*, spec: LocalSpec, params, config: PFedFDAConfig) -> Algorithm:
@@ -322,16 +331,11 @@ def pfedfda_flbench(*, spec: LocalSpec, params, config: PFedFDAConfig) -> Algori
     return server.params
 
   def personalize_with_data(server, client, train_data, *, ctx):
-    feats, ys, valid = train_features(spec.apply, server.params, train_data)
-    priors = label_priors(ys, valid, num_classes, config.eps)
-    means, cov = mle_stats(feats, ys, valid, server.means, config.num_cv_folds)
-    if config.local_beta:
-      beta = jnp.ones((2,), jnp.float32)
-    else:
-      beta = search_beta(feats, ys, valid, server.means, server.cov, priors, config, ctx.key)
-    means = beta[0] * means + (1 - beta[0]) * server.means
-    cov = beta[1] * cov + (1 - beta[1]) * server.cov
-    return {**server.params, HEAD: lda_head(means, cov, priors, config.eps)}
+    def beta_for(feats, ys, valid, priors):
+      if config.local_beta:
+        return jnp.ones((2,), jnp.float32)
+      return search_beta(feats, ys, valid, server.means, server.cov, priors, config, ctx.key)
+    return lda_from_train(spec.apply, server, train_data, num_classes, config, beta_for)
 
   return Algorithm("pfedfda", init, broadcast, spec.program(), finalize, aggregate, personalize,
                    personalize_with_data=personalize_with_data)
