@@ -101,6 +101,20 @@ def run_rounds(sim, params0, rounds):
   return state, history
 
 
+def seen_and_unseen(sim, state):
+  """For ``unseen_personal="server_mean"`` states ``(personal, trained [N])``
+  after round 0: checks ``trained`` marks exactly round 0's cohort and returns
+  ``(a trained client's row, a never-sampled client's row)``."""
+  import jax
+  _, trained = state.clients
+  picked = sim.cohort(0).tolist()
+  np.testing.assert_array_equal(np.asarray(trained),
+                                [i in picked for i in range(sim.num_clients)])
+  unseen = next(i for i in range(sim.num_clients) if i not in picked)
+  row = lambda i: jax.tree.map(lambda a: a[i], state.clients)
+  return row(picked[0]), row(unseen)
+
+
 def replace(obj, **kw):
   return dataclasses.replace(obj, **kw)
 

@@ -34,6 +34,7 @@ in the personal set and the local program.
 import dataclasses
 import re
 
+import jax
 import jax.numpy as jnp
 
 from fedjax_pfl.algorithms._compose import Partition, partition
@@ -53,6 +54,12 @@ def check_unseen(algo: str, value: str) -> None:
   """Raises ValueError unless ``value`` is one of :data:`UNSEEN_PERSONAL`."""
   if value not in UNSEEN_PERSONAL:
     raise ValueError(f"{algo}.unseen_personal={value!r}; allowed: {list(UNSEEN_PERSONAL)}")
+
+
+def own_or_mean(trained, own, mean):
+  """``unseen_personal="server_mean"``: the client's own personal leaves once
+  it has trained (``trained``: ``[]`` bool), else the server's average."""
+  return jax.tree.map(lambda c, m: jnp.where(trained, c, m), own, mean)
 
 
 def check_regex(algo: str, field: str, value: str) -> None:
@@ -127,9 +134,7 @@ def _fedper_server_mean(*, local: LocalProgram, personal: Partition, name: str) 
 
   def own(server, client):
     leaves, trained = client
-    mean = personal.select(server)
-    return personal.replace(server, tuple(jnp.where(trained, c, m)
-                                          for c, m in zip(leaves, mean)))
+    return personal.replace(server, own_or_mean(trained, leaves, personal.select(server)))
 
   def init(params, num_clients, *, key=None):
     client = (personal.select(params), jnp.asarray(False))

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_pfl.algorithms import _features
-from fedjax_pfl.algorithms.fedper import check_unseen
+from fedjax_pfl.algorithms.fedper import check_unseen, own_or_mean
 from fedjax_pfl.algorithms.spec import AlgorithmSpec
 from fedjax_pfl.core import cohort
 from fedjax_pfl.core.algorithm import Algorithm
@@ -171,8 +171,7 @@ def flute(*, spec: LocalSpec, params, config: FLUTEConfig) -> Algorithm:
   def personalize(server, client):
     if server_mean:
       head, trained = client
-      head = jax.tree.map(lambda c, m: jnp.where(trained, c, m), head, server.params[HEAD])
-      return with_head(server.params, head)
+      return with_head(server.params, own_or_mean(trained, head, server.params[HEAD]))
     return with_head(server.params, client)
 
   def broadcast(server, client, *, ctx=None):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedjax_pfl.algorithms.fedper import FedPerConfig
-from tests.helpers import make_sim, run_rounds
+from tests.helpers import make_sim, run_rounds, seen_and_unseen
 
 
 def test_empty_personal_set_equals_fedavg_round_for_round():
@@ -64,15 +64,9 @@ def test_server_mean_round_one_is_fedavg_and_unseen_clients_use_the_average(name
   _, h = run_rounds(sim, p0, 1)
   state = h[0][0]
   chex.assert_trees_all_close(state.server, h_avg[0][0].server, rtol=1e-6, atol=1e-7)
-  leaves, trained = state.clients
-  picked = sim.cohort(0).tolist()
-  np.testing.assert_array_equal(np.asarray(trained),
-                                [i in picked for i in range(sim.num_clients)])
-  unseen = next(i for i in range(sim.num_clients) if i not in picked)
-  client = jax.tree.map(lambda a: a[unseen], state.clients)
+  seen, client = seen_and_unseen(sim, state)
   chex.assert_trees_all_equal(sim.algorithm.personalize(state.server, client), state.server)
   chex.assert_trees_all_equal(sim.algorithm.broadcast(state.server, client)[0], state.server)
-  seen = jax.tree.map(lambda a: a[picked[0]], state.clients)
   model = sim.algorithm.personalize(state.server, seen)
   assert not np.allclose(model["classifier"]["kernel"], state.server["classifier"]["kernel"])
   np.testing.assert_array_equal(model["classifier"]["kernel"], seen[0][1])

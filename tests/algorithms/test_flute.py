@@ -14,7 +14,7 @@ from fedjax_pfl.core.local import LocalSpec, make_optimizer
 from fedjax_pfl.core.simulation import Simulation
 from fedjax_pfl.models.base import CLASSIFIER_RULES, label_params
 from fedjax_pfl.ops.aggregation import weighted_mean
-from tests.helpers import make_sim, run_rounds, tiny_data, tiny_model
+from tests.helpers import make_sim, run_rounds, seen_and_unseen, tiny_data, tiny_model
 
 
 def test_nc_loss_is_zero_for_a_simplex_etf():
@@ -105,15 +105,9 @@ def test_detach_features_keeps_the_body_at_theta0_bit_for_bit():
 def test_unseen_personal_server_mean_uses_the_average_head():
   sim, p0 = make_sim("flute", FLUTEConfig(unseen_personal="server_mean"))
   state, _ = run_rounds(sim, p0, 1)
-  head, trained = state.clients
-  picked = sim.cohort(0).tolist()
-  np.testing.assert_array_equal(np.asarray(trained),
-                                [i in picked for i in range(sim.num_clients)])
-  unseen = next(i for i in range(sim.num_clients) if i not in picked)
-  client = jax.tree.map(lambda a: a[unseen], state.clients)
+  seen, client = seen_and_unseen(sim, state)
   model = sim.algorithm.personalize(state.server, client)
   chex.assert_trees_all_equal(model, state.server.params)
   assert not np.allclose(state.server.params["classifier"]["kernel"], p0["classifier"]["kernel"])
-  seen = jax.tree.map(lambda a: a[picked[0]], state.clients)
   np.testing.assert_array_equal(sim.algorithm.personalize(state.server, seen)["classifier"]
                                 ["kernel"], seen[0]["kernel"])
