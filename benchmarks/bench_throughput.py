@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from fedjax_pfl.core import backend, cohort
+from fedjax_pfl.core import aot, backend, cohort
 from fedjax_pfl.core.local import LocalSpec, make_optimizer
 from fedjax_pfl.models import get_model
 
@@ -70,7 +70,7 @@ def measure(execution: backend.Execution, model, params, num_clients: int, steps
     compile_pieces = {"map_traced": compile_s}
     fn = lambda: compiled(shared, stacked, data, ids)
   else:
-    compile_pieces, _ = common.compile_host_task(executor, task, shared, stacked, data, ids)
+    compile_pieces, _ = aot.compile_task(executor, task, shared, stacked, data, ids)
     compile_s = sum(compile_pieces.values())
     fn = lambda: executor.map_cohort(task, shared, stacked, data, ids, counts)
   t = common.time_calls(fn, repeats, budget_s=budget_s)

@@ -149,18 +149,6 @@ def names(text: str) -> list[str]:
 
 
 # -- AOT compile of the project's own jitted programs ------------------------
-def compile_host_task(backend_, task: cohort.ClientTask, shared, stacked,
-                      data: cohort.DeviceData, ids: np.ndarray) -> tuple[dict, Any]:
-  """AOT-compiles (and installs) the host-driven pieces a ``HostBackend``
-  runs for padded ``ids`` (:func:`fedjax_pfl.core.aot.compile_task`).
-
-  Returns:
-    ``({piece: seconds}, stacked output shapes)``.
-  """
-  from fedjax_pfl.core import aot
-  return aot.compile_task(backend_, task, shared, stacked, data, ids)
-
-
 def cohort_steps(sim, ids) -> int:
   """Useful client steps of cohort ``ids``: the local steps each client
   actually trains (its ``active_steps``), summed over the cohort."""
@@ -175,10 +163,10 @@ def lane_steps(sim, ids) -> int:
   the static step count). Packed cohorts report their own count
   (``lane_utilization`` in the round metrics)."""
   ex = sim.backend.execution
+  if ex.parallelism == "sequential":  # Python-stepped or one loop over its active steps
+    return cohort_steps(sim, ids)
   counts = sim.train_counts[np.minimum(ids, sim.num_clients - 1)]
   active = sim.algorithm.local_train.active_steps
-  if ex.parallelism == "sequential":  # Python-stepped or one loop over its active steps
-    return sum(len(active([n])) for n in counts)
   if ex.step_loop == "scan":
     return len(ids) * sim.task.num_steps
   size = ex.chunk_size or len(ids)

@@ -204,11 +204,8 @@ def table(sweep: Sweep, results: Sequence[dict], *, smoke: bool = False) -> tupl
     groups.setdefault((r["row"], r["column"]), []).append(sweep.scale * r[sweep.metric])
   rows = list(dict.fromkeys(r["row"] for r in results))
   cols = list(dict.fromkeys(r["column"] for r in results))
-  protocols: dict[str, list[str]] = {}
-  for r in results:
-    protocols.setdefault(r["row"], [])
-    if r.get("protocol", "?") not in protocols[r["row"]]:
-      protocols[r["row"]].append(r.get("protocol", "?"))
+  protocols = {row: ", ".join(dict.fromkeys(r.get("protocol", "?") for r in results
+                                            if r["row"] == row)) for row in rows}
   if smoke:
     ran = {col: sorted({r.get("dataset", "?") for r in results if r["column"] == col})
            for col in cols}
@@ -237,7 +234,7 @@ def table(sweep: Sweep, results: Sequence[dict], *, smoke: bool = False) -> tupl
       else:
         cells.append(f"{ours} | {paper:.2f} | {mean - paper:+.2f}" if paper is not None
                      else f"{ours} | – | –")
-    lines.append(f"| {row} | {', '.join(protocols[row])} | " + " | ".join(cells) + " |")
+    lines.append(f"| {row} | {protocols[row]} | " + " | ".join(cells) + " |")
   return "\n".join(lines), stats
 
 
