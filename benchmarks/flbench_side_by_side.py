@@ -109,6 +109,10 @@ def main(argv=None) -> dict:
   p.add_argument("--threads", type=int, default=1, help="FL-bench's torch threads")
   p.add_argument("--data-dir", default=None)
   args = p.parse_args(argv)
+  if not os.path.isfile(os.path.join(args.flbench, "main.py")):
+    p.error(f"--flbench {args.flbench!r}: no FL-bench checkout there (main.py is missing)")
+  if not os.access(args.flbench_python, os.X_OK):
+    p.error(f"--flbench-python {args.flbench_python!r}: not an executable")
   args.repeats = args.repeats or 2
   from fedjax_pfl import experiment
   ns = argparse.Namespace(

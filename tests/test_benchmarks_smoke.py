@@ -67,7 +67,7 @@ def test_round_smoke_reports_lane_utilization(capsys):
   assert packed["train_loss"] == pytest.approx(padded["train_loss"], rel=1e-5)
 
 
-def test_flbench_side_by_side_reads_a_fake_flbench(tmp_path):
+def test_flbench_side_by_side_reads_a_fake_flbench(tmp_path, capsys):
   """The FL-bench side's timing wrapper and parsing, against a stand-in with
   FL-bench's layout (``main.py``, ``src/server/fedavg.py``) and a stub torch."""
   import argparse
@@ -94,6 +94,14 @@ def test_flbench_side_by_side_reads_a_fake_flbench(tmp_path):
   assert [r["round"] for r in rows] == [0, 1, 2]
   assert [r["clients"] for r in rows] == [[1, 3], [1, 4], [1, 5]]
   assert all(r["s"] >= 0 for r in rows)
+  for argv, needle in ((["--flbench", str(tmp_path / "missing"), "--flbench-python",
+                         sys.executable], "no FL-bench checkout"),
+                       (["--flbench", str(tmp_path), "--flbench-python",
+                         str(tmp_path / "main.py")], "not an executable")):
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one usage line + one error line
+      flbench_side_by_side.main(argv)
+    assert exit_info.value.code == 2
+    assert needle in capsys.readouterr().err
   with pytest.raises(RuntimeError, match="FL-bench failed"):
     flbench_side_by_side.run_flbench(
         argparse.Namespace(flbench=str(tmp_path / "missing"), flbench_python=sys.executable,

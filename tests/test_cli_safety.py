@@ -326,3 +326,14 @@ def test_sigint_exits_130_without_traceback(tmp_path):
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 130, err
   assert "Traceback" not in err and f"fedjax-pfl run --resume {workdir}" in err
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--lanes", "0"], "system.lanes=0"),
+    (["--lanes", "2", "--strategy", "sequential"], "system.lanes=2"),
+    (["--lanes", "2", "--chunk-size", "3"], "system.lanes=2"),
+])
+def test_bad_lanes_is_one_line_before_any_compute(flags, needle, tmp_path, capsys):
+  assert cli.main([*RUN, *flags, "--workdir", str(tmp_path / "run")]) == 2
+  assert needle in _error(capsys)
+  assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
