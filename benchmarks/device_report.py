@@ -24,7 +24,11 @@ report goes on; sections past ``--budget-s`` are recorded as skipped):
    (``system.lanes``, :mod:`fedjax_pfl.core.lanes`): compile + first call and
    steady ms/round of the multi-round loop, lane utilization (useful client
    steps / lane steps executed) and the train loss (the same for every row);
-6. ``flbench``: 100 rounds of FedOBP and FedAvg on Fashion-MNIST under the
+6. ``eval``: evaluating every client of W (FedAvg, ``Simulation.evaluate``)
+   with ``train.eval_batch_size`` = 32, 64 and 256 (compile + first call,
+   steady seconds, accuracy): sets the accelerator default of
+   :func:`fedjax_pfl.core.execution.default_eval_batch_size`;
+7. ``flbench``: 100 rounds of FedOBP and FedAvg on Fashion-MNIST under the
    FedOBP/FL-bench protocol (W, evaluation of every client at the end):
    wall time, ms/round and accuracy.
 
@@ -43,6 +47,7 @@ Usage::
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -62,17 +67,18 @@ from fedjax_pfl.models import get_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEDOBP_QUANTILE_FMNIST_A01 = 0.99993  # experiments/configs/_common.py FEDOBP_Q
-SECTIONS = ("w", "throughput", "seeds", "scale", "lanes", "flbench")
+SECTIONS = ("w", "throughput", "seeds", "scale", "lanes", "eval", "flbench")
 
 
 def _sizes(smoke: bool) -> dict[str, Any]:
   """Workload sizes: the full report, or tiny ones for CPU CI."""
   if smoke:
     return dict(model="mlp", clients=6, participation=0.34, epochs=1, rounds=2, cohorts=(2,),
-                tp_steps=1, seeds=2, scale_n=50, flbench_rounds=2, lanes=(None, 1))
+                tp_steps=1, seeds=2, scale_n=50, flbench_rounds=2, lanes=(None, 1),
+                eval_batches=(2, 4))
   return dict(model="cnn", clients=100, participation=0.1, epochs=5, rounds=10,
               cohorts=(10, 100), tp_steps=4, seeds=4, scale_n=10_000,
-              flbench_rounds=100, lanes=(None, 2, 4, 10))
+              flbench_rounds=100, lanes=(None, 2, 4, 10), eval_batches=(32, 64, 256))
 
 
 def find_fmnist(data_dir: str | None) -> str | None:
@@ -255,6 +261,20 @@ def section_lanes(args, sz, data, source) -> dict:
   return {"data": source, "rows": rows}
 
 
+def section_eval(args, sz, data, source) -> dict:
+  rows = []
+  for batch in sz["eval_batches"]:
+    cfg = w_config("fedavg", sz, 1)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_batch_size=batch))
+    sim, params0 = experiment.build_simulation(cfg, data)
+    state = common.block(sim.init(params0))
+    metrics, first = _timed(lambda: sim.evaluate(state))
+    _, steady = _timed(lambda: sim.evaluate(state))
+    rows.append({"eval_batch_size": sim.eval_batch_size, "compile_and_first_call_s": first,
+                 "eval_s": steady, "accuracy": metrics["accuracy"], "execution": _execution(sim)})
+  return {"data": source, "test_examples": int(np.sum(sim.test_counts)), "rows": rows}
+
+
 def section_flbench(args, sz, data, source) -> dict:
   rows = []
   for algorithm in ("fedobp", "fedavg"):
@@ -326,6 +346,12 @@ def markdown(report: dict) -> str:
             f"lane utilization {x['lane_utilization']:.3f}; compile + first call "
             f"{x['compile_and_first_call_s']:.3g} s; train loss {x['train_loss']:.5g}; "
             f"{_ex_text(x['execution'])}")
+    elif name == "eval":
+      for x in r["rows"]:
+        row(name, f"evaluate {r['test_examples']:,} test examples, batch "
+            f"{x['eval_batch_size']} (s)", x["eval_s"],
+            f"compile + first call {x['compile_and_first_call_s']:.3g} s; accuracy "
+            f"{x['accuracy']:.4f}; {_ex_text(x['execution'])}")
     elif name == "flbench":
       for x in r["rows"]:
         row(name, f"{x['algorithm']} {x['rounds']} rounds: accuracy", x["accuracy"],
@@ -365,6 +391,7 @@ def main(argv=None) -> dict:
              "seeds": lambda: section_seeds(args, sz, data),
              "scale": lambda: section_scale(args, sz, shape),
              "lanes": lambda: section_lanes(args, sz, data, source),
+             "eval": lambda: section_eval(args, sz, data, source),
              "flbench": lambda: section_flbench(args, sz, data, source)}
   sections = {}
   for name in SECTIONS:

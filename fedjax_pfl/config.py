@@ -93,7 +93,7 @@ class TrainConfig:
   weight_decay: float = 0.0
   seed: int = 0
   eval_every: int = 10
-  eval_batch_size: int = 256
+  eval_batch_size: int | None = None
   checkpoint_every: int = 10
   keep_checkpoints: int = 3
   finetune_epochs: int = 0
@@ -226,7 +226,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
   _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "[0, 1)")
   _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
   _check(t.eval_every >= 1, "train.eval_every", t.eval_every, ">= 1")
-  _check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, ">= 1")
+  _check(t.eval_batch_size is None or t.eval_batch_size >= 1, "train.eval_batch_size",
+         t.eval_batch_size, ">= 1 or None (auto: 32 on CPU, 256 elsewhere)")
   _check(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every,
          ">= 0 (0: only at the end)")
   _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, ">= 1")
@@ -337,9 +338,10 @@ def dumps(config: ExperimentConfig) -> str:
 
 # -- resume ---------------------------------------------------------------------
 # Fields a resumed run may change: they cannot change what has been computed
-# (train.rounds only upward; checked against the checkpoint when resuming).
+# (train.rounds only upward; checked against the checkpoint when resuming;
+# train.eval_batch_size changes only the float rounding of later summed test losses).
 RESUME_SAFE_FIELDS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
-                      "train.keep_checkpoints")
+                      "train.keep_checkpoints", "train.eval_batch_size")
 
 
 def check_resume_overrides(config: ExperimentConfig, overrides: list[str]) -> None:

@@ -83,7 +83,8 @@ def check_test_data(config: config_lib.ExperimentConfig, data) -> None:
 
 def resolved_choices(config: config_lib.ExperimentConfig, sim: Simulation,
                      data) -> dict[str, Any]:
-  """What ran for each ``auto`` choice: execution, round loop, model, conv, data source."""
+  """What ran for each ``auto`` choice: execution, round loop, model, conv, data
+  source, evaluation batch size."""
   from fedjax_pfl.data.sources import resolve_source
   from fedjax_pfl.models.conv import resolve_conv
   ex = sim.backend.execution  # the execution the simulation was built with (auto resolved)
@@ -92,7 +93,7 @@ def resolved_choices(config: config_lib.ExperimentConfig, sim: Simulation,
   return {"parallelism": ex.parallelism, "step_loop": ex.step_loop,
           "chunk_size": ex.chunk_size, "num_devices": ex.num_devices, "lanes": ex.lanes,
           "round_loop": "compiled" if compiled else "host", "model": model_name,
-          "conv": resolve_conv(config.model.conv),
+          "conv": resolve_conv(config.model.conv), "eval_batch_size": sim.eval_batch_size,
           "source": resolve_source(config.data.dataset, config.data.source,
                                    config.data.data_dir)}
 

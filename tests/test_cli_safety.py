@@ -138,6 +138,9 @@ def test_config_json_records_what_ran(finished):
   assert run["resolved"]["step_loop"] in ("scan", "python")
   assert run["resolved"]["round_loop"] in ("compiled", "host")
   assert run["resolved"]["model"] == "mlp" and run["resolved"]["source"] == "sklearn"
+  # train.eval_batch_size = None (auto): CPU's 32, capped at the widest client test set.
+  assert _json(os.path.join(finished, "config.json"))["train"]["eval_batch_size"] is None
+  assert 1 <= run["resolved"]["eval_batch_size"] <= 32
   assert "git_commit" in run
   assert set(run["fingerprint"]) == {"data", "partition", "code"}
 

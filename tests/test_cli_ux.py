@@ -141,6 +141,10 @@ def test_error_texts(capsys, tmp_path):
   assert cli.main(["run", "--algorithm", "fedobp", "--quantile", "2", "--no-progress",
                    "--workdir", str(tmp_path / "b")]) == 2
   assert "fedobp.quantile=2.0 is invalid; allowed: [0, 1]" in capsys.readouterr().err
+  assert cli.main(["run", "--algorithm", "fedavg", "--set", "train.eval_batch_size=0",
+                   "--no-progress", "--workdir", str(tmp_path / "c")]) == 2
+  assert ("train.eval_batch_size=0 is invalid; allowed: >= 1 or None"
+          in capsys.readouterr().err)
 
 
 def test_tfds_error_suggests_only_what_the_cli_can_do(tmp_path):
@@ -219,7 +223,9 @@ def test_tensorboard_resume_purges_rerun_rounds(tmp_path):
 def test_resumed_run_extends_its_event_files(tmp_path):
   workdir = str(tmp_path / "r")
   assert cli.main(["run", "--algorithm", "fedavg", *SMALL, "--workdir", workdir]) == 0
-  assert cli.main(["run", "--resume", workdir, "--set", "train.rounds=3", "--no-progress"]) == 0
+  # train.eval_batch_size is resume-safe: it batches evaluation, not training.
+  assert cli.main(["run", "--resume", workdir, "--set", "train.rounds=3",
+                   "--set", "train.eval_batch_size=4", "--no-progress"]) == 0
   assert len(outputs.event_files(workdir)) == 2
   got = outputs.read_run_scalars(workdir)["accuracy/pooled"]
   assert got == [(r["round"], pytest.approx(r["accuracy"], rel=1e-6)) for r in _records(workdir)]

@@ -53,6 +53,10 @@ def test_numbers_are_consistent(report):
   assert one_lane["lane_utilization"] == pytest.approx(1.0)
   assert 0.0 < padded["lane_utilization"] < 1.0
   assert one_lane["train_loss"] == pytest.approx(padded["train_loss"], rel=1e-5)
+  # Evaluation batch sizes change the speed, not the accuracy.
+  ev = s["eval"]["rows"]
+  assert [r["eval_batch_size"] for r in ev] == [2, 4]
+  assert ev[0]["accuracy"] == ev[1]["accuracy"] and ev[0]["eval_s"] > 0
   assert [r["algorithm"] for r in s["flbench"]["rows"]] == ["fedobp", "fedavg"]
   for r in s["flbench"]["rows"]:
     assert 0.0 <= r["accuracy"] <= 1.0 and r["rounds"] == 2
@@ -66,9 +70,11 @@ def test_markdown_table(report):
   table = [ln for ln in lines if ln.startswith("| ")]
   assert table[0] == "| section | metric | value | conditions |"
   body = table[1:]
-  # w: 4 rows; throughput: 1 (C = 2); seeds: 1; scale: 2; lanes: 2; flbench: 2.
+  # w: 4 rows; throughput: 1 (C = 2); seeds: 1; scale: 2; lanes: 2; eval: 2; flbench: 2.
   assert [r.split(" | ")[0][2:] for r in body] == (
-      ["w"] * 4 + ["throughput", "seeds"] + ["scale"] * 2 + ["lanes"] * 2 + ["flbench"] * 2)
+      ["w"] * 4 + ["throughput", "seeds"] + ["scale"] * 2 + ["lanes"] * 2 + ["eval"] * 2
+      + ["flbench"] * 2)
+  assert "test examples, batch 4 (s)" in md
   assert "W packed on 1 lane: ms/round" in md and "W padded (one lane a client)" in md
   assert all(ln.count("|") == 5 for ln in body)
   assert "C = 2: clients / centralized samples/s" in md and "N = 50: ms/round" in md

@@ -68,7 +68,7 @@ import optax
 
 from fedjax_pfl.algorithms import _features
 from fedjax_pfl.algorithms.spec import AlgorithmSpec
-from fedjax_pfl.core import cohort
+from fedjax_pfl.core import cohort, execution
 from fedjax_pfl.core.algorithm import Algorithm
 from fedjax_pfl.core.local import LocalInput, LocalSpec
 from fedjax_pfl.models.base import CLASSIFIER_RULES, HEAD, label_params
@@ -282,13 +282,29 @@ def pfedfda(*, spec: LocalSpec, params, config: PFedFDAConfig) -> Algorithm:
                    personalize_with_data=personalize_with_data)
 
 
-def train_features(apply_fn, params, data, chunk: int = 256):
+def train_features(apply_fn, params, data, chunk: int | None = None):
   """``(features [M, D], labels [M], valid [M] bool)`` of the body of
-  ``params`` over the client's train slots (``valid``: slot < count)."""
-  valid = jnp.arange(data.idx.shape[0]) < data.count
-  feats = jax.lax.map(lambda i: _features.features(apply_fn, params, data.x[i][None])[0],
-                      data.idx, batch_size=min(chunk, data.idx.shape[0]))
-  return feats, data.y[data.idx], valid
+  ``params`` over the client's ``M`` train slots (``valid``: slot < count;
+  the features of the other slots are 0).
+
+  Forward passes of ``chunk`` slots (``None``: the backend's evaluation batch,
+  :func:`fedjax_pfl.core.execution.default_eval_batch_size`) for the
+  ``ceil(count / chunk)`` chunks that hold real slots only (a client padded to
+  the widest train set pays for its own examples, not the widest's).
+  """
+  m = data.idx.shape[0]
+  chunk = min(chunk or execution.default_eval_batch_size(), m)
+  valid = jnp.arange(m) < data.count
+  slots = jnp.pad(data.idx, (0, -m % chunk))
+  out = jax.eval_shape(lambda: _features.features(apply_fn, params, data.x[:1]))
+
+  def one_chunk(c, feats):
+    rows = jax.lax.dynamic_slice(slots, (c * chunk,), (chunk,))
+    return jax.lax.dynamic_update_slice(
+        feats, _features.features(apply_fn, params, data.x[rows]), (c * chunk, 0))
+  feats = jax.lax.fori_loop(0, (data.count + chunk - 1) // chunk, one_chunk,
+                            jnp.zeros((slots.shape[0], out.shape[-1]), out.dtype))
+  return jnp.where(valid[:, None], feats[:m], 0), data.y[data.idx], valid
 
 
 def lda_from_train(apply_fn, server, train_data, num_classes: int, config, beta_for,

@@ -24,6 +24,7 @@ import numpy as np
 
 from fedjax_pfl.core import aot, evaluation, rng, rounds
 from fedjax_pfl.core import backend as backend_lib
+from fedjax_pfl.core import execution as execution_lib
 from fedjax_pfl.core.algorithm import Algorithm
 from fedjax_pfl.core.batching import RunBatching
 from fedjax_pfl.core.rounds import SimState
@@ -41,7 +42,9 @@ class Simulation(RunBatching):
     participation: fraction ``rho`` in (0, 1] of clients per round.
     execution: how clients run (``backend.Execution``).
     eval_batch_size: test examples per forward pass (capped at the widest
-      client test set).
+      client test set); ``None``: the backend's measured default
+      (:func:`~fedjax_pfl.core.execution.default_eval_batch_size`: 32 on CPU,
+      256 elsewhere). Changes only the float rounding of summed losses.
     finetune: optional ``LocalProgram`` for :meth:`evaluate_finetuned`.
     donate: if True (default), rounds donate the stacked client state of their
       input, which is updated in place (the input ``SimState.clients`` is then
@@ -63,10 +66,12 @@ class Simulation(RunBatching):
 
   def __init__(self, algorithm: Algorithm, apply_fn: Callable[..., jax.Array], data: Any, *,
                seed: int, participation: float, execution: backend_lib.Execution,
-               eval_batch_size: int = 256, finetune: Any = None, donate: bool = True,
+               eval_batch_size: int | None = None, finetune: Any = None, donate: bool = True,
                data_placement: str = "replicated",
                rebuild: Callable[[Mapping[str, Any]], Algorithm] | None = None,
                cohort_table: np.ndarray | None = None):
+    if eval_batch_size is None:
+      eval_batch_size = execution_lib.default_eval_batch_size()
     if int(eval_batch_size) < 1:
       raise ValueError(f"eval_batch_size={eval_batch_size}; allowed: >= 1")
     self.algorithm = algorithm

@@ -8,6 +8,7 @@ import pytest
 from fedjax_pfl.algorithms import _features, pfedfda
 from fedjax_pfl.algorithms.pfedfda import PFedFDAConfig
 from fedjax_pfl.core import cohort, rng
+from fedjax_pfl.core.local import ClientData
 from tests.helpers import client_ctx, make_sim, tiny_data
 
 
@@ -36,6 +37,33 @@ def test_lda_head_matches_numpy():
                            jnp.asarray(priors, jnp.float32), eps)
     np.testing.assert_allclose(heads["kernel"][g], one["kernel"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(heads["bias"][g], one["bias"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 10, 64])
+def test_train_features_cover_the_real_slots_in_any_chunk_size(chunk):
+  """Features of slots < count equal one plain forward pass; padding slots are
+  0; chunks past the count are skipped, also with clients vmapped."""
+  sim, p0 = make_sim("pfedfda", PFedFDAConfig())
+  params = sim.init(p0).server.params
+  rs = np.random.default_rng(0)
+  x = jnp.asarray(rs.standard_normal((40,) + tiny_data().x.shape[1:]), jnp.float32)
+  y = jnp.asarray(rs.integers(0, 3, 40), jnp.int32)
+  idx = jnp.asarray(rs.permutation(40)[:10], jnp.int32)
+  want = np.asarray(_features.features(sim.apply_fn, params, x[idx]))
+  for count in (0, 1, 7, 10):
+    cdata = ClientData(x, y, idx, jnp.int32(count))
+    feats, ys, valid = jax.jit(lambda d: pfedfda.train_features(sim.apply_fn, params, d, chunk))(
+        cdata)
+    np.testing.assert_allclose(feats[:count], want[:count], rtol=1e-5, atol=1e-6)
+    assert not np.any(np.asarray(feats[count:]))
+    np.testing.assert_array_equal(ys, y[idx])
+    np.testing.assert_array_equal(valid, np.arange(10) < count)
+  both = ClientData(x, y, jnp.stack([idx, idx[::-1]]), jnp.asarray([3, 9], jnp.int32))
+  feats = jax.vmap(lambda d: pfedfda.train_features(sim.apply_fn, params, d, chunk)[0],
+                   in_axes=(ClientData(None, None, 0, 0),))(both)
+  np.testing.assert_allclose(feats[0, :3], want[:3], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(feats[1, :9], want[::-1][:9], rtol=1e-5, atol=1e-6)
+  assert not np.any(np.asarray(feats[0, 3:])) and not np.any(np.asarray(feats[1, 9:]))
 
 
 def test_cv_folds_are_stratified():

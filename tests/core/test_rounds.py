@@ -297,6 +297,19 @@ def test_evaluate_traces_once_and_clamps_the_batch(name):
   assert first["loss"] == pytest.approx(ref["loss"], rel=1e-5)
 
 
+def test_eval_batch_size_auto_is_the_backends_measured_default():
+  from fedjax_pfl.core import execution as execution_lib
+  assert execution_lib.default_eval_batch_size("cpu") == 32
+  assert execution_lib.default_eval_batch_size("gpu") == 256
+  widest = tiny_data().test_idx.shape[1]
+  auto, p0 = make_sim("fedavg", execution=SEQ_PY, eval_batch_size=None)
+  assert auto.eval_batch_size == min(execution_lib.default_eval_batch_size(), widest)
+  one, _ = make_sim("fedavg", execution=SEQ_PY, eval_batch_size=1)
+  got, ref = auto.evaluate(auto.init(p0)), one.evaluate(one.init(p0))
+  assert got["accuracy"] == ref["accuracy"]          # correct counts are exact
+  assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+
+
 def test_summarize_eval_handles_empty_clients():
   m = summarize_eval(np.array([3.0, 0.0, 1.0]), np.array([1.0, 0.0, 2.0]), np.array([4, 0, 2]))
   assert m["accuracy"] == pytest.approx(4 / 6)
