@@ -83,7 +83,12 @@ class TrainConfig:
   :func:`fedjax_pfl.data.streams.flbench_client_stream`), which the engine
   reads as a fixed ``[rounds, C]`` table on every execution strategy (the
   compiled multi-round loop included); runs with it are not batched over
-  seeds (each seed has its own stream)."""
+  seeds (each seed has its own stream).
+
+  ``eval_batch_size``: test examples per evaluation forward pass; ``None``
+  (default): the backend's measured default, 32 on CPU and 256 elsewhere
+  (:func:`fedjax_pfl.core.execution.default_eval_batch_size`). Only the speed
+  and the float rounding of summed test losses depend on it."""
   rounds: int = 100
   participation: float = 0.1
   local_epochs: int = 5
