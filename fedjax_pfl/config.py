@@ -124,12 +124,18 @@ class SystemConfig:
   vmapped lanes (a lane that finishes its client takes the next one;
   :mod:`fedjax_pfl.core.lanes`) instead of padding every client to the
   longest; ``None``: no packing. Results are the same.
+
+  ``eval_chunk_size``: with vmap, clients evaluated at once (and mapped at
+  once by ``personalize_with_data``); ``None``: 1 on CPU, else ``chunk_size``
+  or every client (:meth:`fedjax_pfl.core.execution.Execution.eval_chunk`).
+  Results are the same.
   """
   parallelism: str = "auto"
   step_loop: str = "auto"
   chunk_size: int | None = None
   num_devices: int | None = None
   lanes: int | None = None
+  eval_chunk_size: int | None = None
   round_loop: str = "auto"
   data_placement: str = "replicated"
 
@@ -249,6 +255,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
   _check(s.num_devices is None or s.num_devices >= 1, "system.num_devices", s.num_devices,
          "None or >= 1")
   _check(s.lanes is None or s.lanes >= 1, "system.lanes", s.lanes, "None or >= 1")
+  _check(s.eval_chunk_size is None or s.eval_chunk_size >= 1, "system.eval_chunk_size",
+         s.eval_chunk_size, "None or >= 1")
   _check(s.lanes is None or s.chunk_size is None, "system.lanes", s.lanes,
          "None when system.chunk_size is set (lanes bound the clients vmapped at once)")
   _check(s.lanes is None or (s.parallelism in ("auto", "vmap")
@@ -344,9 +352,11 @@ def dumps(config: ExperimentConfig) -> str:
 # -- resume ---------------------------------------------------------------------
 # Fields a resumed run may change: they cannot change what has been computed
 # (train.rounds only upward; checked against the checkpoint when resuming;
-# train.eval_batch_size changes only the float rounding of later summed test losses).
+# train.eval_batch_size and system.eval_chunk_size change only the float rounding
+# of later summed test losses).
 RESUME_SAFE_FIELDS = ("train.rounds", "train.eval_every", "train.checkpoint_every",
-                      "train.keep_checkpoints", "train.eval_batch_size")
+                      "train.keep_checkpoints", "train.eval_batch_size",
+                      "system.eval_chunk_size")
 
 
 def check_resume_overrides(config: ExperimentConfig, overrides: list[str]) -> None:

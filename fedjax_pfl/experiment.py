@@ -51,7 +51,7 @@ def resolve_execution(system: config_lib.SystemConfig) -> backend.Execution:
     num_devices = default.num_devices
   return backend.Execution(parallelism=parallelism, step_loop=step_loop,
                           chunk_size=system.chunk_size, num_devices=num_devices,
-                          lanes=system.lanes)
+                          lanes=system.lanes, eval_chunk_size=system.eval_chunk_size)
 
 
 def load_data(cfg: config_lib.DataConfig):
@@ -94,6 +94,8 @@ def resolved_choices(config: config_lib.ExperimentConfig, sim: Simulation,
           "chunk_size": ex.chunk_size, "num_devices": ex.num_devices, "lanes": ex.lanes,
           "round_loop": "compiled" if compiled else "host", "model": model_name,
           "conv": resolve_conv(config.model.conv), "eval_batch_size": sim.eval_batch_size,
+          "eval_chunk_size": (ex.eval_chunk(sim.num_clients) if ex.parallelism == "vmap"
+                              else 1),
           "source": resolve_source(config.data.dataset, config.data.source,
                                    config.data.data_dir)}
 

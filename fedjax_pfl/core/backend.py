@@ -203,15 +203,15 @@ class _Backend:
 
   def map_clients(self, fn: Callable[..., Any], shared, stacked_clients, data, ids: jax.Array,
                   *, test: bool = True, with_ids: bool = False) -> PyTree:
-    """``fn(shared, client, client_data) -> out`` for every id in ``ids``
-    inside a trace (``lax.map``, in chunks of the chunk size under vmap);
+    """``fn(shared, client, client_data) -> out`` for every id in ``ids`` in a
+    trace (``lax.map``; under vmap in chunks of ``execution.eval_chunk``);
     ``test``: the clients' test (else train) view; ``with_ids``: ``fn`` also
     gets the client id as a fourth argument."""
     def one(cid):
       args = (shared, gather(stacked_clients, cid), client_data(data, cid, test=test))
       return fn(*args, cid) if with_ids else fn(*args)
     if self.execution.parallelism == "vmap":
-      return jax.lax.map(one, ids, batch_size=self.execution.chunk_size or len(ids))
+      return jax.lax.map(one, ids, batch_size=self.execution.eval_chunk(len(ids)))
     return jax.lax.map(one, ids)
 
 

@@ -34,13 +34,18 @@ def batch_sums(apply_fn: Callable[..., jax.Array], batch_size: int, params,
   return jnp.stack([correct.astype(jnp.float32), jnp.sum(jnp.where(mask, ce, 0.0))])
 
 
-def client_sums(batch_fn: Callable[..., jax.Array], num_batches: int, prepare, shared, client,
+def client_sums(batch_fn: Callable[..., jax.Array], batch_size: int, prepare, shared, client,
                 cdata: ClientData) -> jax.Array:
-  """``[2]`` sums over all ``num_batches`` test batches of one client
-  evaluated with ``prepare(shared, client)`` (traceable)."""
+  """``[2]`` sums over one client's test batches of ``batch_size`` examples,
+  evaluated with ``prepare(shared, client)`` (traceable). Only the
+  ``ceil(count / batch_size)`` batches that hold real examples run (a
+  ``fori_loop``; vmapped over clients it runs to the longest client's count,
+  the others' extra batches being fully masked)."""
   params = prepare(shared, client)
-  sums = jax.lax.map(lambda b: batch_fn(params, cdata, b), jnp.arange(num_batches))
-  return jnp.sum(sums, axis=0)
+  out = jax.eval_shape(lambda: batch_fn(params, cdata, 0))
+  return jax.lax.fori_loop(0, (cdata.count + batch_size - 1) // batch_size,
+                           lambda b, acc: acc + batch_fn(params, cdata, b),
+                           jnp.zeros(out.shape, out.dtype))
 
 
 def summarize_eval(correct: np.ndarray, loss_sum: np.ndarray, counts: np.ndarray) -> Metrics:

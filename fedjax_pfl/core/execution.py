@@ -20,7 +20,11 @@ at 64, 230 at 128 and 227 at 256; conv2's patches take 205 KB per example), so
 the CPU default is 32: evaluating workload W's 100 clients (17,461 test
 examples) took 1.09 s at 32 against 7.65 s at 256, ResNet-8's 2.02 s against
 7.90 s (same accuracy; benchmarks/README.md). Accelerators keep 256 until the
-device report measures them.
+device report measures them. Under vmap, passes over every client
+(evaluation, ``personalize_with_data``) map ``eval_chunk_size`` clients at once
+(:meth:`Execution.eval_chunk`): on CPU one (W's evaluation as vmap + scan, batch
+32: 1.2 s one client at a time, each running only its own batches, against 10.7 s
+for all 100 vmapped), elsewhere the chunk size (or every client).
 """
 
 import dataclasses
@@ -49,12 +53,26 @@ class Execution:
       vmapped lanes (:mod:`fedjax_pfl.core.lanes`: a lane that finishes its
       client takes the next one, longest first) instead of padding every
       client to the cohort's longest; ``None``: no packing. Same results.
+    eval_chunk_size: with ``vmap``, clients mapped at once by the passes over
+      every client (evaluation, ``personalize_with_data``); ``None``: the
+      backend's measured default (:meth:`eval_chunk`). Same results.
   """
   parallelism: str = "sequential"
   step_loop: str = "python"
   chunk_size: int | None = None
   num_devices: int | None = None
   lanes: int | None = None
+  eval_chunk_size: int | None = None
+
+  def eval_chunk(self, num_clients: int, backend: str | None = None) -> int:
+    """Clients mapped at once by a pass over ``num_clients`` clients under
+    vmap: ``eval_chunk_size``; if ``None``, 1 on the CPU backend (module
+    docstring), else ``chunk_size`` or all ``num_clients``."""
+    if self.eval_chunk_size is not None:
+      return min(self.eval_chunk_size, num_clients)
+    if (backend or jax.default_backend()) == "cpu":
+      return 1
+    return min(self.chunk_size or num_clients, num_clients)
 
   @property
   def fused(self) -> bool:
@@ -75,6 +93,8 @@ class Execution:
       raise ValueError(f"system.step_loop={self.step_loop!r}; allowed: {STEP_LOOPS}")
     if self.chunk_size is not None and self.chunk_size < 1:
       raise ValueError(f"system.chunk_size={self.chunk_size}; allowed: >= 1 or None")
+    if self.eval_chunk_size is not None and self.eval_chunk_size < 1:
+      raise ValueError(f"system.eval_chunk_size={self.eval_chunk_size}; allowed: >= 1 or None")
     if self.lanes is not None:
       if self.lanes < 1:
         raise ValueError(f"system.lanes={self.lanes}; allowed: >= 1 or None")

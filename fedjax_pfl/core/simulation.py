@@ -242,8 +242,8 @@ class Simulation(RunBatching):
     return state, records
 
   def _evaluate_traced(self, server, clients, data, prepare):
-    num_batches = -(-data.test_idx.shape[1] // self.eval_batch_size)
-    one = functools.partial(evaluation.client_sums, self._batch_fn, num_batches, prepare)
+    one = functools.partial(evaluation.client_sums, self._batch_fn, self.eval_batch_size,
+                            prepare)
     ids = jnp.arange(self.num_clients, dtype=jnp.int32)
     return self.backend.map_clients(one, server, clients, data, ids)
 

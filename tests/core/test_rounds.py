@@ -17,9 +17,13 @@ EXECUTIONS = {
     "sequential-scan": backend.Execution(parallelism="sequential", step_loop="scan"),
     "vmap-scan": backend.Execution(parallelism="vmap", step_loop="scan"),
     "vmap-python": backend.Execution(parallelism="vmap", step_loop="python"),
-    "vmap-scan-chunk3": backend.Execution(parallelism="vmap", step_loop="scan", chunk_size=3),
+    # Evaluation vmapped in chunks of 3 and over every client at once (the
+    # accelerator default); the others evaluate one client at a time (CPU's).
+    "vmap-scan-chunk3": backend.Execution(parallelism="vmap", step_loop="scan", chunk_size=3,
+                                          eval_chunk_size=3),
     "vmap-python-chunk3": backend.Execution(parallelism="vmap", step_loop="python", chunk_size=3),
-    "vmap-scan-4dev": backend.Execution(parallelism="vmap", step_loop="scan", num_devices=4),
+    "vmap-scan-4dev": backend.Execution(parallelism="vmap", step_loop="scan", num_devices=4,
+                                        eval_chunk_size=1000),
 }
 
 
@@ -308,6 +312,37 @@ def test_eval_batch_size_auto_is_the_backends_measured_default():
   got, ref = auto.evaluate(auto.init(p0)), one.evaluate(one.init(p0))
   assert got["accuracy"] == ref["accuracy"]          # correct counts are exact
   assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+
+
+def test_eval_chunk_is_the_backends_measured_default():
+  ex = backend.Execution(parallelism="vmap", step_loop="scan")
+  assert ex.eval_chunk(10, "cpu") == 1
+  assert ex.eval_chunk(10, "gpu") == 10
+  assert backend.Execution(chunk_size=4).eval_chunk(10, "gpu") == 4
+  assert backend.Execution(eval_chunk_size=3).eval_chunk(10, "cpu") == 3
+  assert backend.Execution(eval_chunk_size=30).eval_chunk(10, "tpu") == 10
+  with pytest.raises(ValueError, match="system.eval_chunk_size=0; allowed: >= 1 or None"):
+    backend.Execution(eval_chunk_size=0).validate()
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "pfedfda"])
+def test_evaluation_does_not_depend_on_the_eval_chunk(algorithm):
+  """Clients evaluated one at a time, vmapped in chunks of 2 or 3 (clients of
+  different test counts in one chunk) or all at once: the same results, also
+  for pFedFDA's models built from each client's train data."""
+  results = []
+  for chunk in (1, 2, 3, 1000):
+    ex = backend.Execution(parallelism="vmap", step_loop="scan", eval_chunk_size=chunk)
+    sim, p0 = make_sim(algorithm, execution=ex, eval_batch_size=2)
+    state = sim.init(p0)
+    state, _ = sim.run_round(state)
+    results.append(sim.evaluate(state))
+  seq, p0 = make_sim(algorithm, execution=SEQ_PY, eval_batch_size=2)
+  state, _ = seq.run_round(seq.init(p0))
+  results.append(seq.evaluate(state))
+  for got in results[1:]:
+    assert got["client_accuracy"] == pytest.approx(results[0]["client_accuracy"], abs=1e-9)
+    assert got["loss"] == pytest.approx(results[0]["loss"], rel=1e-5)
 
 
 def test_summarize_eval_handles_empty_clients():
