@@ -165,10 +165,10 @@ def lane_steps(sim, ids) -> int:
   ex = sim.backend.execution
   if ex.parallelism == "sequential":  # Python-stepped or one loop over its active steps
     return cohort_steps(sim, ids)
-  counts = sim.train_counts[np.minimum(ids, sim.num_clients - 1)]
-  active = sim.algorithm.local_train.active_steps
   if ex.step_loop == "scan":
     return len(ids) * sim.task.num_steps
+  counts = sim.train_counts[np.minimum(ids, sim.num_clients - 1)]
+  active = sim.algorithm.local_train.active_steps
   size = ex.chunk_size or len(ids)
   return sum(len(counts[i:i + size]) * len(active(counts[i:i + size]))
              for i in range(0, len(ids), size))

@@ -290,8 +290,7 @@ def make_parser() -> argparse.ArgumentParser:
   run.add_argument("--resume", metavar="WORKDIR", default=None,
                    help="continue the run in WORKDIR from its latest intact checkpoint (with "
                         "its config.json); only --rounds (upward), --eval-every and --set "
-                        "train.rounds|eval_every|checkpoint_every|keep_checkpoints|eval_batch_size "
-                        "may change")
+                        f"{'|'.join(config_lib.RESUME_SAFE_FIELDS)} may change")
   _add_common(run)
   run.set_defaults(func=_run)
   cmp = sub.add_parser("compare", help="run several algorithms on the same data",

@@ -145,6 +145,19 @@ def test_error_texts(capsys, tmp_path):
                    "--no-progress", "--workdir", str(tmp_path / "c")]) == 2
   assert ("train.eval_batch_size=0 is invalid; allowed: >= 1 or None"
           in capsys.readouterr().err)
+  assert cli.main(["run", "--algorithm", "fedavg", "--set", "system.eval_chunk_size=0",
+                   "--no-progress", "--workdir", str(tmp_path / "d")]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+  assert "system.eval_chunk_size=0 is invalid; allowed: None or >= 1" in err
+
+
+def test_resume_help_lists_every_resume_safe_field():
+  from fedjax_pfl import config as config_lib
+  run = next(a for a in cli.make_parser()._subparsers._group_actions[0].choices.values()
+             if a.prog.endswith(" run"))
+  text = " ".join(next(a.help for a in run._actions if "--resume" in a.option_strings).split())
+  assert "|".join(config_lib.RESUME_SAFE_FIELDS) in text
 
 
 def test_tfds_error_suggests_only_what_the_cli_can_do(tmp_path):
