@@ -304,14 +304,19 @@ def markdown(report: dict) -> str:
   lines = [f"# Device report ({'smoke' if report['smoke'] else 'full'})", "",
            f"{env['date']}, backend `{env['backend']}`, device `{env['device_kind']}` x "
            f"{env['num_devices']}, jax {env['jax_version']}, load {env['loadavg']}, "
-           f"total {report['total_s']:.1f} s.", "",
-           "| section | metric | value | conditions |", "|---|---|---|---|"]
+           f"total {report['total_s']:.1f} s.", ""]
+  if not report.get("complete", True):
+    lines += [f"**Incomplete**: written while section `{report.get('running')}` was running; "
+              "the sections below finished.", ""]
+  lines += ["| section | metric | value | conditions |", "|---|---|---|---|"]
   s = report["sections"]
 
   def row(sec, metric, value, cond=""):
     lines.append(f"| {sec} | {metric} | {_fmt(value)} | {cond} |")
   for name in SECTIONS:
-    r = s.get(name, {})
+    if name not in s:  # not asked for (--only), or not reached yet
+      continue
+    r = s[name]
     if "error" in r or "skipped" in r:
       row(name, "status", r.get("skipped") or r["error"].splitlines()[-1])
       continue
@@ -360,6 +365,20 @@ def markdown(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def write_report(out: str, report: dict, t_start: float, running: str | None = None) -> None:
+  """Writes ``out/device_report.{json,md}`` as they stand now; ``running``: the
+  section in progress (recorded as ``report["running"]``, cleared at the end)."""
+  report["total_s"] = time.perf_counter() - t_start
+  report.pop("running", None)
+  if running is not None:
+    report["running"] = running
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "device_report.json"), "w") as f:
+    json.dump(report, f, indent=1, default=common._json_default)
+  with open(os.path.join(out, "device_report.md"), "w") as f:
+    f.write(markdown(report))
+
+
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="directory for device_report.{json,md}")
@@ -394,6 +413,9 @@ def main(argv=None) -> dict:
              "eval": lambda: section_eval(args, sz, data, source),
              "flbench": lambda: section_flbench(args, sz, data, source)}
   sections = {}
+  report = {"benchmark": "device_report", "smoke": args.smoke, "env": common.env_info(),
+            "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sz.items()},
+            "sections": sections, "complete": False}
   for name in SECTIONS:
     if name not in args.only:
       continue
@@ -402,6 +424,9 @@ def main(argv=None) -> dict:
       sections[name] = {"skipped": f"budget ({elapsed:.0f} s > {args.budget_s:.0f} s)"}
       continue
     common.log(f"section {name} ...")
+    # On disk before and after every section: a run killed at the device's time
+    # limit still leaves every finished section's numbers (and which one was running).
+    write_report(args.out, report, t_start, running=name)
     t0 = time.perf_counter()
     try:
       sections[name] = runners[name]()
@@ -410,14 +435,8 @@ def main(argv=None) -> dict:
                         "traceback": traceback.format_exc()}
     sections[name]["section_s"] = time.perf_counter() - t0
     common.log(f"section {name}: {sections[name]['section_s']:.1f} s")
-  report = {"benchmark": "device_report", "smoke": args.smoke, "env": common.env_info(),
-            "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sz.items()},
-            "sections": sections, "total_s": time.perf_counter() - t_start}
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "device_report.json"), "w") as f:
-    json.dump(report, f, indent=1, default=common._json_default)
-  with open(os.path.join(args.out, "device_report.md"), "w") as f:
-    f.write(markdown(report))
+  report["complete"] = True
+  write_report(args.out, report, t_start)
   print(json.dumps({"out": args.out, "total_s": report["total_s"],
                     "errors": [k for k, v in sections.items() if "error" in v]}), flush=True)
   return report

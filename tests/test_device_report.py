@@ -23,6 +23,7 @@ def report(tmp_path_factory):
 def test_json_has_every_section_without_errors(report):
   returned, written, _ = report
   assert written["smoke"] is True and written["env"]["backend"] == "cpu"
+  assert written["complete"] is True and "running" not in written
   assert list(written["sections"]) == list(device_report.SECTIONS)
   for name, sec in written["sections"].items():
     assert "error" not in sec and "skipped" not in sec, (name, sec.get("error"))
@@ -78,3 +79,23 @@ def test_markdown_table(report):
   assert "W packed on 1 lane: ms/round" in md and "W padded (one lane a client)" in md
   assert all(ln.count("|") == 5 for ln in body)
   assert "C = 2: clients / centralized samples/s" in md and "N = 50: ms/round" in md
+
+
+def test_only_a_subset_and_a_killed_run_leave_a_readable_report(tmp_path, monkeypatch):
+  """``--only`` reports just those sections; a run stopped inside a section (the
+  device's time limit) still has every finished section on disk, marked incomplete."""
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt  # not an Exception: the report does not catch it
+  monkeypatch.setattr(device_report, "section_flbench", killed)
+  out = str(tmp_path)
+  with pytest.raises(KeyboardInterrupt):
+    device_report.main(["--smoke", "--only", "eval,flbench", "--out", out])
+  with open(os.path.join(out, "device_report.json")) as f:
+    written = json.load(f)
+  assert written["complete"] is False and written["running"] == "flbench"
+  assert list(written["sections"]) == ["eval"] and "error" not in written["sections"]["eval"]
+  with open(os.path.join(out, "device_report.md")) as f:
+    md = f.read()
+  assert "**Incomplete**: written while section `flbench` was running" in md
+  body = [ln for ln in md.splitlines() if ln.startswith("| ")][1:]
+  assert [r.split(" | ")[0][2:] for r in body] == ["eval", "eval"]
